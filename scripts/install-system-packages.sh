@@ -1,0 +1,31 @@
+#!/bin/sh
+# Install the system packages edgeml.fleet's lab, tests and demo need, on Debian/Ubuntu
+# (apt) or RHEL/Fedora (dnf). Does nothing when everything is already there.
+set -eu
+
+need=""
+for cmd in podman debootstrap ssh rsync git shellcheck; do
+  command -v "$cmd" >/dev/null 2>&1 || need="$need $cmd"
+done
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv"
+[ -z "$need" ] && exit 0
+echo "Installing system packages for:$need"
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+if command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends \
+    podman runc crun netavark aardvark-dns uidmap slirp4netns fuse-overlayfs \
+    debootstrap debian-archive-keyring openssh-client rsync git ca-certificates shellcheck \
+    python3-venv
+elif command -v dnf >/dev/null 2>&1; then
+  # debootstrap comes from EPEL on RHEL; Fedora has it in the main repositories.
+  $SUDO dnf install -y podman runc crun netavark aardvark-dns debootstrap \
+    openssh-clients rsync git python3 ca-certificates ShellCheck
+else
+  echo "No apt-get or dnf here: install podman, debootstrap, openssh client, rsync, git and python3-venv by hand." >&2
+  exit 1
+fi

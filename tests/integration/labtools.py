@@ -1,0 +1,49 @@
+"""Helpers for the lab integration tests: paths, playbook runs, podman on the control node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB_INVENTORY = ROOT / "inventories" / "lab" / "hosts.yml"
+BIN = Path(sys.executable).parent
+
+# testinfra and the playbooks below call ansible-* from this virtualenv.
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
+if "CONTAINERS_CONF" not in os.environ:
+    os.environ["CONTAINERS_CONF"] = subprocess.run(
+        [ROOT / "roles" / "lab" / "files" / "podman-conf-probe.sh"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def run_playbook(playbook: str, *args: str, check: bool = True) -> dict:
+    """Run a playbook from this checkout with the JSON callback and return its report."""
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
+    result = subprocess.run(
+        [BIN / "ansible-playbook", ROOT / "playbooks" / playbook, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{playbook} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
+        )
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    report["returncode"] = result.returncode
+    return report
+
+
+def podman(*args: str) -> str:
+    """Run podman on the control node, with the lab's containers.conf where needed."""
+    return subprocess.run(["podman", *args], check=True, capture_output=True, text=True).stdout

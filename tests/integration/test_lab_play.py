@@ -1,0 +1,80 @@
+"""The lab playbooks: idempotent, and lab_down removes what the lab made and nothing else."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from labtools import BIN, podman, run_playbook
+
+TEST_LAB = "edgeml-labtest"
+
+
+def test_lab_up_again_changes_nothing():
+    report = run_playbook("lab_up.yml")
+    assert report["stats"]["localhost"]["changed"] == 0
+    assert report["stats"]["localhost"]["failures"] == 0
+
+
+def _lab_resources(label_value: str) -> dict[str, list[str]]:
+    labelled = f"label=io.edgeml.lab={label_value}"
+    return {
+        "containers": podman("ps", "-a", "--filter", labelled, "--format", "{{.Names}}").split(),
+        "volumes": podman("volume", "ls", "--filter", labelled, "--format", "{{.Name}}").split(),
+        "networks": [n for n in podman("network", "ls", "--format", "{{.Name}}").split() if n == label_value],
+        "images": [
+            i
+            for i in podman("images", "--format", "{{.Repository}}").split()
+            if i.startswith(f"localhost/{label_value}-")
+        ],
+    }
+
+
+@pytest.fixture
+def second_lab(tmp_path):
+    """A one-host lab beside the main one, on its own ports, names and inventory."""
+    extra = [
+        "-e",
+        f"lab_name={TEST_LAB}",
+        "-e",
+        "lab_host_count=1",
+        "-e",
+        "lab_ssh_port_base=2320",
+        "-e",
+        "lab_registry_port=5099",
+        "-e",
+        f"lab_dir={tmp_path}/lab",
+        "-e",
+        f"lab_inventory_path={tmp_path}/hosts.yml",
+        "-e",
+        "lab_remove_base_image=false",
+    ]
+    yield tmp_path / "hosts.yml", extra
+    run_playbook("lab_down.yml", *extra, check=False)
+
+
+def test_lab_down_removes_exactly_what_its_lab_made(second_lab):
+    inventory, extra = second_lab
+    main_lab_before = _lab_resources("edgeml-lab")
+
+    run_playbook("lab_up.yml", *extra)
+    made = _lab_resources(TEST_LAB)
+    assert sorted(made["containers"]) == [f"{TEST_LAB}-edge-1", f"{TEST_LAB}-registry"]
+    assert sorted(made["volumes"]) == sorted([f"{TEST_LAB}-registry-data", f"{TEST_LAB}-edge-1-storage"])
+    assert made["networks"] == [TEST_LAB]
+    ping = subprocess.run(
+        [BIN / "ansible", "-i", inventory, "all", "-m", "ping", "-o"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ping.returncode == 0 and "edge-1 | SUCCESS" in ping.stdout, ping.stdout + ping.stderr
+
+    run_playbook("lab_down.yml", *extra)
+    assert _lab_resources(TEST_LAB) == {"containers": [], "volumes": [], "networks": [], "images": []}
+    assert not inventory.exists()
+    # Nothing of the main lab was touched, and the shared base image stays.
+    assert _lab_resources("edgeml-lab") == main_lab_before
+    assert "localhost/debian-base" in podman("images", "--format", "{{.Repository}}").split()
+    assert json.loads(podman("inspect", "--format", "json", "edgeml-lab-edge-1"))[0]["State"]["Running"]
