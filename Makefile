@@ -31,7 +31,7 @@ help: ## List the targets
 setup: $(VENV)/.installed $(COLLECTION_LINK) ## Install system packages, the virtualenv and the collection
 	@scripts/install-system-packages.sh
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt server/requirements.txt
 	@scripts/install-system-packages.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt

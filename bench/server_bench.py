@@ -120,6 +120,30 @@ def raw_floor(model_path: Path, x: np.ndarray, seconds: float, concurrency: int)
     }
 
 
+def _cpu_times() -> tuple[int, int]:
+    parts = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = parts[3] + parts[4]  # idle + iowait
+    return sum(parts) - idle, sum(parts)
+
+
+def wait_idle(max_busy_cores: float = 0.25, max_wait: float = 20.0) -> float:
+    """Wait (bounded) until other work on the machine is quiet; return the busy cores seen.
+
+    The lab machine is shared (image builds, other test suites); a point measured while
+    something else burns a core says nothing about the server.
+    """
+    deadline = time.monotonic() + max_wait
+    busy_cores = 0.0
+    while time.monotonic() < deadline:
+        b0, t0 = _cpu_times()
+        time.sleep(0.5)
+        b1, t1 = _cpu_times()
+        busy_cores = (b1 - b0) / max(1, t1 - t0) * (os.cpu_count() or 1)
+        if busy_cores <= max_busy_cores:
+            break
+    return busy_cores
+
+
 def run_wrk(url: str, body_file: Path, connections: int, seconds: float) -> dict[str, Any]:
     cmd = [
         "wrk",
@@ -268,6 +292,7 @@ class Load:
     conc: list[int]
     seconds: float
     warmup: float
+    repeats: int  # each point is run this many times; the median-throughput run is kept
 
 
 def measure(target: Target, load: Load) -> dict[str, Any]:
@@ -278,7 +303,15 @@ def measure(target: Target, load: Load) -> dict[str, Any]:
         url = target.url + "/v2/models/digits/infer"
         run_wrk(url, load.body_file, max(load.conc), load.warmup)
         for c in load.conc:
-            res[f"c{c}"] = run_wrk(url, load.body_file, c, load.seconds)
+            # Shared VMs are noisy: keep the median of several runs, and all their rates.
+            runs = []
+            for _ in range(load.repeats):
+                busy = wait_idle()  # not part of the measurement; recorded for judging it
+                runs.append(
+                    {**run_wrk(url, load.body_file, c, load.seconds), "busy_cores_before": round(busy, 2)}
+                )
+            runs.sort(key=lambda m: m["rps"])
+            res[f"c{c}"] = {**runs[len(runs) // 2], "rps_runs": [round(m["rps"]) for m in runs]}
         res["rss_mib"] = tree_rss_kib(target.proc.pid) / 1024
     except Exception as exc:
         res["error"] = str(exc)
@@ -324,7 +357,8 @@ def table(rows: list[dict[str, Any]], conc: list[int], ref: dict[str, Any] | Non
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=5.0, help="measured duration per point (1..120)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="measured duration per run (1..120)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per point; the median is reported (1..9)")
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--concurrency", default="1,8")
     ap.add_argument("--setup", action="store_true", help="create/refresh the peer venvs, then exit")
@@ -337,6 +371,7 @@ def parse_args() -> argparse.Namespace:
     a = ap.parse_args()
     a.seconds = min(max(a.seconds, 1.0), 120.0)
     a.warmup = min(max(a.warmup, 0.5), 30.0)
+    a.repeats = min(max(a.repeats, 1), 9)
     return a
 
 
@@ -403,7 +438,8 @@ def report(results: dict[str, Any], rows: list[dict[str, Any]], stack_rows: list
     md = [
         f"# edgeml-server benchmark ({results['when']}, {results['cpus']} CPUs, Python {results['python']})",
         "",
-        f"Model: {results['model']}. Load: {results['load_generator']}, {results['seconds']:g} s per point.",
+        f"Model: {results['model']}. Load: {results['load_generator']}, {results['seconds']:g} s per run, "
+        f"median of {results['repeats']} runs per point.",
         "",
         table(rows, conc, edgeml),
         "",
@@ -439,13 +475,14 @@ def main() -> int:
     body = json.dumps(doc).encode()
     (work / "body.json").write_bytes(body)
     want = int(ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(["label"], {"X": x})[0][0])
-    load = Load(body, work / "body.json", want, conc, a.seconds, a.warmup)
+    load = Load(body, work / "body.json", want, conc, a.seconds, a.warmup, a.repeats)
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "model": "sklearn MLPClassifier(64) on digits via skl2onnx, batch 1",
         "seconds": a.seconds,
+        "repeats": a.repeats,
         "concurrency": conc,
         "load_generator": "wrk -t1 (Debian wrk), bench/post.lua",
     }

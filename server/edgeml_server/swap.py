@@ -36,7 +36,8 @@ class ModelManager:
         self.last_swap: dict[str, Any] | None = None
         self.swap_counts = {"success": 0, "failure": 0}
         self._draining: set[LoadedModel] = set()
-        self._lock: asyncio.Lock | None = None
+        # Serialises the initial load and every swap (asyncio.Lock binds its loop lazily).
+        self._lock = asyncio.Lock()
 
     # --- request side (any thread) --------------------------------------------
     def acquire(self) -> LoadedModel | None:
@@ -72,6 +73,12 @@ class ModelManager:
         return old
 
     async def initial_load(self) -> None:
+        async with self._lock:
+            # A SIGHUP that arrived first has already loaded what the pointer names.
+            if self.current is None:
+                await self._initial_load()
+
+    async def _initial_load(self) -> None:
         try:
             version = self.initial_version or read_pointer(self.root, self.name)
             model = await asyncio.to_thread(self._load, version)
@@ -101,8 +108,6 @@ class ModelManager:
 
     async def swap(self, version: str | None, trigger: str) -> tuple[int, dict[str, Any]]:
         """Swap to VERSION (None = read the pointer file). Return (http_status, body)."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         async with self._lock:  # one swap at a time; later triggers queue up
             started = time.time()
             previous = self.current.version if self.current else None
