@@ -27,14 +27,18 @@ def _split_ring_sizes(host_count: int, rings: list[dict]) -> list[int]:
             sizes.append(base + (1 if extra > 0 else 0))
             extra -= 1
     if not shared and remaining:
-        raise AnsibleFilterError(
-            f"{remaining} hosts are in no ring: give one ring no 'hosts' so it takes the rest"
-        )
+        raise AnsibleFilterError(f"{remaining} hosts are in no ring: give one ring no 'hosts' so it takes the rest")
     return sizes
 
 
 def lab_fleet_layout(
-    host_count: int, rings: list[dict], sites: list[str], ssh_port_base: int, prefix: str
+    host_count: int,
+    rings: list[dict],
+    sites: list[str],
+    *,
+    prefix: str,
+    ssh_port_base: int,
+    model_port_base: int,
 ) -> list[dict]:
     """Place hosts edge-1..edge-N in rings (in order) and sites (round robin)."""
     host_count = int(host_count)
@@ -55,6 +59,7 @@ def lab_fleet_layout(
                 "container": f"{prefix}-{name}",
                 "volume": f"{prefix}-{name}-storage",
                 "ssh_port": int(ssh_port_base) + index,
+                "model_port": int(model_port_base) + index,
                 "site": sites[(index - 1) % len(sites)],
                 "ring": ring_name,
             }
@@ -86,8 +91,7 @@ def apt_mirror(sources_text: str) -> str:
         if "security" not in uri and "security" not in suites:
             return uri.rstrip("/")
     raise AnsibleFilterError(
-        "no Debian archive mirror found in the apt sources: set lab_debian_mirror to the "
-        "mirror URL to use"
+        "no Debian archive mirror found in the apt sources: set lab_debian_mirror to the mirror URL to use"
     )
 
 

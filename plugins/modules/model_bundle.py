@@ -280,9 +280,9 @@ actions:
     - write /srv/bundles/digits/1.0.0/model.json
 """
 
-from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import DEFAULT_ATOL, DEFAULT_RTOL  # noqa: E402
-from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_runner import run_model_bundle  # noqa: E402
-from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLModule  # noqa: E402
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import DEFAULT_ATOL, DEFAULT_RTOL
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_runner import run_model_bundle
+from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLModule
 
 
 def main() -> None:

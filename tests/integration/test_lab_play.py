@@ -34,22 +34,17 @@ def _lab_resources(label_value: str) -> dict[str, list[str]]:
 @pytest.fixture
 def second_lab(tmp_path):
     """A one-host lab beside the main one, on its own ports, names and inventory."""
-    extra = [
-        "-e",
-        f"lab_name={TEST_LAB}",
-        "-e",
-        "lab_host_count=1",
-        "-e",
-        "lab_ssh_port_base=2320",
-        "-e",
-        "lab_registry_port=5099",
-        "-e",
-        f"lab_dir={tmp_path}/lab",
-        "-e",
-        f"lab_inventory_path={tmp_path}/hosts.yml",
-        "-e",
-        "lab_remove_base_image=false",
-    ]
+    settings = {
+        "lab_name": TEST_LAB,
+        "lab_host_count": 1,
+        "lab_ssh_port_base": 2320,
+        "lab_model_port_base": 18180,
+        "lab_registry_port": 5099,
+        "lab_dir": f"{tmp_path}/lab",
+        "lab_inventory_path": f"{tmp_path}/hosts.yml",
+        "lab_remove_base_image": False,
+    }
+    extra = ["-e", json.dumps(settings)]
     yield tmp_path / "hosts.yml", extra
     run_playbook("lab_down.yml", *extra, check=False)
 

@@ -6,6 +6,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 from ansible_collections.edgeml.fleet.plugins.filter.lab import apt_mirror, lab_fleet_layout
 
+PORTS = {"prefix": "lab", "ssh_port_base": 2220, "model_port_base": 18080}
 RINGS = [
     {"name": "canary", "hosts": 1},
     {"name": "wave1"},
@@ -24,22 +25,25 @@ RINGS = [
     ],
 )
 def test_hosts_fill_rings_in_order(count, rings):
-    layout = lab_fleet_layout(count, RINGS, ["site_a", "site_b"], 2220, "lab")
+    layout = lab_fleet_layout(count, RINGS, ["site_a", "site_b"], **PORTS)
     assert [host["ring"] for host in layout] == rings
 
 
 def test_hosts_are_named_numbered_and_spread_over_sites():
-    layout = lab_fleet_layout(3, RINGS, ["north", "south"], 3000, "edgeml-lab")
+    layout = lab_fleet_layout(
+        3, RINGS, ["north", "south"], prefix="edgeml-lab", ssh_port_base=3000, model_port_base=9000
+    )
     assert layout[0] == {
         "name": "edge-1",
         "container": "edgeml-lab-edge-1",
         "volume": "edgeml-lab-edge-1-storage",
         "ssh_port": 3001,
+        "model_port": 9001,
         "site": "north",
         "ring": "canary",
     }
     assert [host["site"] for host in layout] == ["north", "south", "north"]
-    assert len({host["ssh_port"] for host in layout}) == 3
+    assert len({host["ssh_port"] for host in layout} | {host["model_port"] for host in layout}) == 6
 
 
 @pytest.mark.parametrize(
@@ -55,7 +59,7 @@ def test_hosts_are_named_numbered_and_spread_over_sites():
 )
 def test_bad_layouts_say_what_to_change(count, rings, sites, message):
     with pytest.raises(AnsibleFilterError, match=message):
-        lab_fleet_layout(count, rings, sites, 2220, "lab")
+        lab_fleet_layout(count, rings, sites, **PORTS)
 
 
 DEB822 = """\
@@ -97,9 +101,7 @@ def test_apt_mirror_reads_both_source_formats(text, mirror):
     assert apt_mirror(text) == mirror
 
 
-@pytest.mark.parametrize(
-    "text", ["", "# deb http://x.example/debian bookworm main\n", "deb-src http://x/ a b\n"]
-)
+@pytest.mark.parametrize("text", ["", "# deb http://x.example/debian bookworm main\n", "deb-src http://x/ a b\n"])
 def test_apt_mirror_without_a_mirror_says_how_to_set_one(text):
     with pytest.raises(AnsibleFilterError, match="lab_debian_mirror"):
         apt_mirror(text)
