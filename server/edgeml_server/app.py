@@ -302,6 +302,9 @@ def _headers(scope: dict[str, Any]) -> tuple[int | None, str | None]:
 class PublicASGI:
     def __init__(self, service: Service) -> None:
         self.service = service
+        # Set on SIGTERM: every response then carries "Connection: close", so keep-alive
+        # clients reconnect, and land on the other instance sharing the port.
+        self.draining = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -325,6 +328,8 @@ class PublicASGI:
         except Exception as exc:  # last line of defence: one request never takes the server down
             log.exception("unhandled error")
             resp = _json(500, {"error": f"internal error: {exc!r}"})
+        if self.draining:
+            resp = (*resp[:3], [*resp[3], ("connection", "close")])
         await _send(send, resp, head_only=method == "HEAD")
 
 
@@ -332,13 +337,22 @@ ADMIN_MAX_BODY = 64 * 1024
 
 
 class AdminASGI:
-    """Model repository extension on the loopback-only admin listener."""
+    """Model repository extension on the loopback-only admin listener.
 
-    def __init__(self, manager: ModelManager) -> None:
+    With a ``public`` app, every other path (health, metadata, ready, infer, status,
+    metrics) is served as on the public port, so a deployer can probe and gate this one
+    instance while two instances share the public port (SO_REUSEPORT).
+    """
+
+    def __init__(self, manager: ModelManager, public: PublicASGI | None = None) -> None:
         self.manager = manager
+        self.public = public
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
+            return
+        if self.public is not None and not scope["path"].startswith("/v2/repository/"):
+            await self.public(scope, receive, send)
             return
         try:
             body = await _read_body(receive, ADMIN_MAX_BODY)

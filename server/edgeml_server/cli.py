@@ -29,11 +29,28 @@ class Settings:
     max_body_bytes: int
     log_level: str
     intra_op_threads: int
+    reuse_port: bool = False
+    bind_when_ready: bool = False
+    drain_seconds: float = 5.0
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     v = os.environ.get(name)
     return v if v not in (None, "") else default
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _env_bool(name: str) -> bool | str:
+    """The boolean value of env NAME (unset/empty: False); the raw text when it is not a boolean."""
+    v = (_env(name) or "false").strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("EDGEML_INTRA_OP_THREADS", "1") or 1),
         help="onnxruntime intra-op threads (env EDGEML_INTRA_OP_THREADS, default 1)",
     )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=_env_bool("EDGEML_REUSE_PORT"),
+        help="bind the public port with SO_REUSEPORT, so a second instance (the other slot of a "
+        "blue/green deployment) can bind the same port on the same host (env EDGEML_REUSE_PORT=1)",
+    )
+    p.add_argument(
+        "--bind-when-ready",
+        action="store_true",
+        default=_env_bool("EDGEML_BIND_WHEN_READY"),
+        help="open the public port only once the model is loaded and its self-test passed; the "
+        "admin port opens at once (env EDGEML_BIND_WHEN_READY=1)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=float(_env("EDGEML_DRAIN_SECONDS", "5") or 5),
+        help="on SIGTERM, how long at most to let in-flight requests finish after the public "
+        "port closed (env EDGEML_DRAIN_SECONDS, default 5)",
+    )
     p.add_argument("--server-version", action="version", version=f"edgeml-server {__version__}")
     return p
 
@@ -112,6 +150,11 @@ def parse(argv: list[str] | None = None) -> Settings:
         p.error("--max-body-bytes must be at least 1024")
     if not 1 <= a.intra_op_threads <= 256:
         p.error("--intra-op-threads must be 1..256")
+    for flag, value in (("EDGEML_REUSE_PORT", a.reuse_port), ("EDGEML_BIND_WHEN_READY", a.bind_when_ready)):
+        if not isinstance(value, bool):
+            p.error(f"{flag}={value!r} is not a boolean; use 1/true/yes/on or 0/false/no/off")
+    if not 0 <= a.drain_seconds <= 3600:
+        p.error("--drain-seconds must be 0..3600")
     return Settings(
         bundles=Path(a.bundles),
         model=a.model,
@@ -122,6 +165,9 @@ def parse(argv: list[str] | None = None) -> Settings:
         max_body_bytes=a.max_body_bytes,
         log_level=a.log_level,
         intra_op_threads=a.intra_op_threads,
+        reuse_port=a.reuse_port,
+        bind_when_ready=a.bind_when_ready,
+        drain_seconds=a.drain_seconds,
     )
 
 

@@ -45,8 +45,10 @@ class ServerProc:
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
+        port: int | None = None,
+        wait_live: str = "public",
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.admin_port = free_port() if admin else 0
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
@@ -68,7 +70,7 @@ class ServerProc:
         if version is not None:
             args += ["--version", version]
         args += extra or []
-        self.log_path = (log_dir or root) / f"server-{self.port}.log"
+        self.log_path = (log_dir or root) / f"server-{self.port}-{self.admin_port}.log"
         self._log = open(self.log_path, "wb")
         full_env = {
             **os.environ,
@@ -80,15 +82,16 @@ class ServerProc:
             args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=str(root)
         )
         self.session = requests.Session()
-        self._wait_live()
+        # "public", or "admin" (e.g. --bind-when-ready, whose public port opens late).
+        self._wait_live(base=self.admin_url if wait_live == "admin" else self.url)
 
-    def _wait_live(self, timeout: float = 20.0) -> None:
+    def _wait_live(self, timeout: float = 20.0, base: str | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.logs()}")
             try:
-                if requests.get(self.url + "/v2/health/live", timeout=1).status_code == 200:
+                if requests.get((base or self.url) + "/v2/health/live", timeout=1).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass

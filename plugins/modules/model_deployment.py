@@ -1,0 +1,448 @@
+#!/usr/bin/python
+# Copyright: edgeml.fleet contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: model_deployment
+short_description: Deploy a model bundle to the model server on an edge host, gated, with rollback
+version_added: 0.1.0
+description:
+  - Runs on the edge host (podman with quadlet and systemd). Serves model O(name) at O(version)
+    (or rolls back to an earlier deployment, O(rollback)) with the edgeml model server, in one of
+    two slots, C(blue) and C(green), that share the public O(port) (C(SO_REUSEPORT)) and differ in
+    container name and admin port.
+  - Before anything running is touched, checks that the bundle C(BUNDLE_ROOT/NAME/VERSION/) is on
+    the host with the SHA-256 O(bundle_sha256) (file, manifest and option must agree) and that the
+    image O(image) is present (and matches O(image_digest) when given). A mismatch fails with
+    outcome C(refused) and changes nothing.
+  - When only the model version changes (same image, same unit content) the version is swapped
+    in place on the serving slot (pointer file, then the server's admin load endpoint).
+    Otherwise (new image, new unit content, first deployment, unhealthy slot) the other slot's
+    unit is written and started, and the old slot is stopped only after the new one passed
+    every gate, so the host never stops serving.
+  - "Gates, in order, against the slot under test through its loopback admin port: C(readiness)
+    (the slot serves the version and is ready, and in a slot
+    switch its systemd service is active, i.e. its health check passed; a failed or restarting
+    service fails it at once),
+    C(smoke) (live answers against the bundle's expected or recorded outputs), C(latency)
+    (p95 of O(gates.latency.requests) requests), C(error_rate) (5xx answers over all requests,
+    from the slot's C(/metrics), over a short soak with light probe traffic)."
+  - On a failed gate the previous state is restored (swap back, or the new slot stopped and its
+    unit removed), the pointer file is restored, and the task fails with the result of
+    C(docs/deployment-result.md) (C(failed_gate), C(gates), C(rollback), C(log_tail)). The
+    reason is recorded in the state file (C(last_failure) and history), where it survives
+    restarts.
+  - Needs only the Python standard library on the host (HTTP with C(ansible.module_utils.urls)),
+    plus C(systemctl), C(journalctl) and C(podman). Runs as root.
+author:
+  - edgeml.fleet maintainers (@edgeml)
+extends_documentation_fragment:
+  - edgeml.fleet.attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Verifies the bundle and image and reads what runs, then returns the plan in RV(actions)
+        and RV(plan) without changing anything. No gate runs.
+  diff_mode:
+    support: full
+    details:
+      - The diff is the pointer file and the unit files (the slot that will serve, and the old
+        slot's unit that is removed) before and after.
+  idempotent:
+    support: full
+    details:
+      - With the same version, image and unit content on a healthy slot, nothing is touched and
+        RV(outcome) is C(unchanged).
+options:
+  name:
+    description:
+      - Model name, as in the bundle (C(^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$)). Units are
+        C(edgeml-NAME-SLOT.container), services C(edgeml-NAME-SLOT.service).
+    type: str
+    required: true
+  version:
+    description:
+      - The version to deploy. Quote it in YAML. Mutually exclusive with O(rollback); one of the two is required.
+      - Requires O(bundle_sha256) and O(image).
+    type: str
+  rollback:
+    description:
+      - Deploy an earlier successful deployment from the host's history instead of O(version),
+        C(previous) (the newest one that differs from what serves now) or a version.
+      - The history entry's bundle (checked against its recorded SHA-256) and image (checked
+        against its recorded image id) must still be on the host. The slot units are those of
+        O(slots) with their C(Image=) line set to the history entry's image.
+      - The same path and gates as a normal deployment apply.
+    type: str
+  bundle_root:
+    description:
+      - Bundle root on the host. The bundle must already be at C(BUNDLE_ROOT/NAME/VERSION/)
+        (C(model.onnx) and C(model.json)). The pointer file C(BUNDLE_ROOT/NAME/current), read by
+        the server, is written atomically.
+    type: path
+    default: /var/lib/edgeml/bundles
+  bundle_sha256:
+    description:
+      - Expected SHA-256 of C(model.onnx) (64 lowercase hex digits), from the controller's
+        manifest (the C(sha256) that M(edgeml.fleet.model_bundle) returns). Required with O(version).
+    type: str
+  image:
+    description:
+      - The server image reference the units run (their C(Image=) line must be exactly this).
+        Required with O(version). Pin it by digest.
+    type: str
+  image_digest:
+    description:
+      - When given, the local image's C(Digest), one of its C(RepoDigests), or its id must be this
+        C(sha256:...) value; checked before anything running is touched.
+    type: str
+  port:
+    description:
+      - The public port both slots bind (with C(SO_REUSEPORT)).
+    type: int
+    required: true
+  slots:
+    description:
+      - The two slots. Each has the content of its quadlet C(.container) unit and its admin port.
+    type: dict
+    required: true
+    suboptions:
+      blue:
+        description: The blue slot.
+        type: dict
+        required: true
+        suboptions:
+          admin_port:
+            description: Loopback admin port of this slot's server (gates and swaps use it).
+            type: int
+            required: true
+          unit:
+            description:
+              - Content of C(edgeml-NAME-blue.container). Needs a C([Container]) section with an
+                C(Image=) line; see the notes for what the unit must do.
+            type: str
+            required: true
+      green:
+        description: The green slot, as O(slots.blue).
+        type: dict
+        required: true
+        suboptions:
+          admin_port:
+            description: Loopback admin port of this slot's server.
+            type: int
+            required: true
+          unit:
+            description: Content of C(edgeml-NAME-green.container).
+            type: str
+            required: true
+  unit_dir:
+    description: Directory of the quadlet units.
+    type: path
+    default: /etc/containers/systemd
+  state_dir:
+    description:
+      - Directory of the state file C(NAME.json) (mode C(0600), written atomically) holding what
+        serves, the deployment history and the last failure.
+    type: path
+    default: /var/lib/edgeml/state
+  history_size:
+    description: How many history entries the state file keeps (newest first).
+    type: int
+    default: 10
+  log_lines:
+    description: Lines of the slot's log returned in RV(log_tail) when a gate fails.
+    type: int
+    default: 40
+  gates:
+    description: The gates a new version must pass before it keeps serving.
+    type: dict
+    default: {}
+    suboptions:
+      readiness_timeout:
+        description:
+          - Seconds the slot may take to serve the version and be ready (its self-test passed),
+            or for an in-place load to finish.
+        type: float
+        default: 60
+      smoke:
+        description: Live answers compared with the bundle's smoke vectors.
+        type: dict
+        default: {}
+        suboptions:
+          enabled:
+            description: Run this gate.
+            type: bool
+            default: true
+          source:
+            description:
+              - C(expected) compares with the ground truth given to C(model_bundle)
+                (C(expected_outputs)); vectors without it are skipped and a bundle without any
+                fails the gate.
+              - C(recorded) compares with the outputs recorded when the bundle was made.
+              - Unset (default) uses C(expected) for each vector that has it, else C(recorded).
+            type: str
+            choices: [expected, recorded]
+          min_pass_ratio:
+            description: Fraction of the compared vectors that must be right.
+            type: float
+            default: 1.0
+      latency:
+        description: Inference latency through the slot's admin port.
+        type: dict
+        default: {}
+        suboptions:
+          enabled:
+            description: Run this gate.
+            type: bool
+            default: true
+          requests:
+            description: Number of sequential requests (K), cycling over the smoke vector inputs.
+            type: int
+            default: 30
+          p95_ms:
+            description: Budget for the 95th percentile in milliseconds. Unset, latency is measured and reported only.
+            type: float
+      error_rate:
+        description:
+          - Server errors (HTTP 5xx, and probes that got no connection) over all requests the slot
+            counted in C(edgeml_requests_total) during the soak, which includes any real traffic
+            the slot received. Client errors (4xx) are reported by type but do not count.
+        type: dict
+        default: {}
+        suboptions:
+          enabled:
+            description: Run this gate.
+            type: bool
+            default: true
+          soak_seconds:
+            description: Length of the window; the module sends about 10 probe requests per second (at most 200).
+            type: float
+            default: 5
+          max_ratio:
+            description: Highest accepted ratio of server errors to requests.
+            type: float
+            default: 0.0
+notes:
+  - "What the slot units must do (the C(edgeml.fleet.model_deployment) role renders them): run the
+    server image with C(Network=host), C(--reuse-port --bind-when-ready) (or
+    C(EDGEML_REUSE_PORT=1), C(EDGEML_BIND_WHEN_READY=1)), C(EDGEML_PORT=PORT),
+    C(EDGEML_ADMIN_PORT=<the slot's admin port>), C(EDGEML_MODEL=NAME), the bundle root mounted
+    read-only at C(/models) (C(EDGEML_BUNDLES=/models)), no C(EDGEML_VERSION) (the server reads the
+    pointer file), C(Notify=healthy) with a health command probing
+    C(http://127.0.0.1:ADMIN/v2/models/NAME/ready), and an C([Install]) section so the serving slot
+    starts at boot. Keep the stop timeout above the server's C(--drain-seconds)."
+  - The gates send inference requests to the slot; the smoke vectors of the bundle must be valid
+    inputs for it.
+seealso:
+  - name: Deployment result
+    description: The result shape every serving target returns (docs/deployment-result.md).
+    link: https://github.com/edgeml/fleet/blob/main/docs/deployment-result.md
+  - name: Model deployment
+    description: How model_deployment works, its state file and the unit contract (docs/model_deployment.md).
+    link: https://github.com/edgeml/fleet/blob/main/docs/model_deployment.md
+  - module: edgeml.fleet.model_bundle
+"""
+
+EXAMPLES = r"""
+- name: Deploy digits 3.0.0 (in place when only the model changes, else blue/green)
+  edgeml.fleet.model_deployment:
+    name: digits
+    version: "3.0.0"
+    bundle_sha256: "{{ bundle.sha256 }}"
+    image: registry.example/edgeml-model-server@sha256:4d1c...
+    image_digest: sha256:4d1c...
+    port: 8080
+    slots:
+      blue:
+        admin_port: 8081
+        unit: "{{ lookup('template', 'edgeml.container.j2', template_vars={'slot': 'blue', 'admin_port': 8081}) }}"
+      green:
+        admin_port: 8082
+        unit: "{{ lookup('template', 'edgeml.container.j2', template_vars={'slot': 'green', 'admin_port': 8082}) }}"
+    gates:
+      readiness_timeout: 90
+      latency: {p95_ms: 50}
+      error_rate: {soak_seconds: 10, max_ratio: 0.0}
+  register: deployment
+
+- name: Go back to what served before
+  edgeml.fleet.model_deployment:
+    name: digits
+    rollback: previous
+    port: 8080
+    slots: "{{ edgeml_slots }}"
+
+- name: Show the plan without changing anything
+  edgeml.fleet.model_deployment:
+    name: digits
+    version: "3.0.1"
+    bundle_sha256: "{{ bundle.sha256 }}"
+    image: "{{ server_image }}"
+    port: 8080
+    slots: "{{ edgeml_slots }}"
+  check_mode: true
+  diff: true
+"""
+
+RETURN = r"""
+target:
+  description: The serving target, always C(podman) here.
+  returned: always
+  type: str
+  sample: podman
+outcome:
+  description:
+    - C(deployed), C(unchanged), C(rolled_back) (a gate failed, the previous state serves again),
+      C(refused) (a check before any change failed; nothing changed) or C(rollback_failed).
+    - In check mode, the predicted outcome (C(deployed) or C(unchanged)).
+  returned: always
+  type: str
+  sample: deployed
+model:
+  description: Asked-for version, what served before, what serves now, and the asked-for SHA-256.
+  returned: always
+  type: dict
+  sample: {name: digits, version: "3.0.0", previous_version: "1.0.0", serving_version: "3.0.0", sha256: "5e0c..."}
+image:
+  description: The image reference and its digest (O(image_digest), else the local image id).
+  returned: always
+  type: dict
+  sample: {ref: "registry.example/edgeml-model-server@sha256:4d1c...", digest: "sha256:4d1c..."}
+slot:
+  description: The slot serving at the end (in check mode, that would serve).
+  returned: always
+  type: str
+  sample: green
+plan:
+  description: C(unchanged), C(swap) (in place on the serving slot) or C(bluegreen).
+  returned: unless refused
+  type: str
+  sample: bluegreen
+gates:
+  description: The gates in the order they ran; a failed gate stops the list.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - name: readiness
+      passed: true
+      measured: {seconds_to_ready: 2.1}
+      threshold: {timeout_seconds: 60}
+      detail: model digits 3.0.0 ready
+    - name: smoke
+      passed: true
+      measured: {vectors: 8, passed: 8, pass_ratio: 1.0}
+      threshold: {min_pass_ratio: 1.0, source: auto}
+      detail: 8 of 8 vectors right
+failed_gate:
+  description: Name of the first failed gate (C(readiness), C(smoke), C(latency), C(error_rate), C(rollout)), or null.
+  returned: always
+  type: str
+rollback:
+  description: Whether the previous state was restored, why, and which version serves again.
+  returned: always
+  type: dict
+  sample:
+    performed: true
+    reason: "smoke gate: 2 of 8 vectors wrong (vector 3: label expected [3], got [5])"
+    restored_version: "1.0.0"
+log_tail:
+  description: The last lines of the slot's log (journalctl, else podman logs) when a gate failed.
+  returned: always
+  type: list
+  elements: str
+history:
+  description:
+    - The host's deployment history, newest first (version, sha256, image, image_id,
+      image_digest, slot, deployed_at, outcome, reason).
+  returned: always
+  type: list
+  elements: dict
+last_failure:
+  description:
+    - The last failed deployment recorded on the host (version, gate, reason, measured,
+      threshold, at), or null.
+  returned: always
+  type: dict
+actions:
+  description: What was done (or would be done in check mode), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: ["write /var/lib/edgeml/bundles/digits/current: 3.0.0", "load digits 3.0.0 in place on slot blue"]
+"""
+
+from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLModule
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_runner import run_model_deployment
+
+
+def main() -> None:
+    slot = dict(
+        type="dict",
+        required=True,
+        options=dict(admin_port=dict(type="int", required=True), unit=dict(type="str", required=True)),
+    )
+    argument_spec = dict(
+        name=dict(type="str", required=True),
+        version=dict(type="str"),
+        rollback=dict(type="str"),
+        bundle_root=dict(type="path", default="/var/lib/edgeml/bundles"),
+        bundle_sha256=dict(type="str"),
+        image=dict(type="str"),
+        image_digest=dict(type="str"),
+        port=dict(type="int", required=True),
+        slots=dict(type="dict", required=True, options=dict(blue=slot, green=slot)),
+        unit_dir=dict(type="path", default="/etc/containers/systemd"),
+        state_dir=dict(type="path", default="/var/lib/edgeml/state"),
+        history_size=dict(type="int", default=10),
+        log_lines=dict(type="int", default=40),
+        gates=dict(
+            type="dict",
+            default={},
+            options=dict(
+                readiness_timeout=dict(type="float", default=60),
+                smoke=dict(
+                    type="dict",
+                    default={},
+                    options=dict(
+                        enabled=dict(type="bool", default=True),
+                        source=dict(type="str", choices=["expected", "recorded"]),
+                        min_pass_ratio=dict(type="float", default=1.0, no_log=False),
+                    ),
+                ),
+                latency=dict(
+                    type="dict",
+                    default={},
+                    options=dict(
+                        enabled=dict(type="bool", default=True),
+                        requests=dict(type="int", default=30),
+                        p95_ms=dict(type="float"),
+                    ),
+                ),
+                error_rate=dict(
+                    type="dict",
+                    default={},
+                    options=dict(
+                        enabled=dict(type="bool", default=True),
+                        soak_seconds=dict(type="float", default=5),
+                        max_ratio=dict(type="float", default=0.0),
+                    ),
+                ),
+            ),
+        ),
+    )
+    wrapper = EdgeMLModule(
+        argument_spec,
+        supports_check_mode=True,
+        mutually_exclusive=[("version", "rollback")],
+        required_one_of=[("version", "rollback")],
+    )
+    wrapper.run(run_model_deployment)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+# Copyright: edgeml.fleet contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+"""DeployService end to end on real files, real bundles and the REAL model server.
+
+Only systemctl/journalctl/podman are replaced, by ``FakeHost`` (test__deploy_fakes.py):
+this control node has no systemd/podman service manager to drive. Starting a slot's
+service runs the real server with the environment of the slot's unit file; stopping it
+sends SIGTERM. Every swap, probe and gate is real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_client import (
+    Files,
+    ServerClient,
+    sha256_file,
+)
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_runner import build_request
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_service import (
+    DeployService,
+    Refused,
+    with_image,
+)
+from ansible_collections.edgeml.fleet.tests.unit.plugins import bundle_models as models
+from ansible_collections.edgeml.fleet.tests.unit.plugins.module_utils import test__deploy_fakes as fx
+
+FAST_GATES = {"readiness_timeout": 20, "latency": {"requests": 5}, "error_rate": {"soak_seconds": 0.3}}
+
+
+class Env:
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tmp_path / "bundles"
+        self.unit_dir = tmp_path / "units"
+        self.state_dir = tmp_path / "state"
+        self.sha = {
+            "1": fx.write_bundle(self.root, "1", expected=[0, 0, 0, 0]),
+            "2": fx.write_bundle(self.root, "2", models.digits_model(permuted=True), expected=[0, 0, 0, 0]),
+            "3": fx.write_bundle(self.root, "3", expected=[0, 1, 1, 0]),  # answers wrongly
+        }
+        self.port = fx.free_port()
+        self.admin = {"blue": fx.free_port(), "green": fx.free_port()}
+        self.host = fx.FakeHost(self.unit_dir, self.root, tmp_path)
+
+    def params(self, version: str | None = "1", image: str = fx.IMAGE, **extra):
+        params = {
+            "name": "digits",
+            "version": version,
+            "rollback": None,
+            "bundle_root": str(self.root),
+            "bundle_sha256": self.sha.get(version or ""),
+            "image": image,
+            "image_digest": None,
+            "port": self.port,
+            "slots": {
+                slot: {"admin_port": port, "unit": fx.unit(slot, self.port, port, image)}
+                for slot, port in self.admin.items()
+            },
+            "unit_dir": str(self.unit_dir),
+            "state_dir": str(self.state_dir),
+            "history_size": 10,
+            "log_lines": 40,
+            "gates": FAST_GATES,
+        }
+        params.update(extra)
+        return params
+
+    def deploy(self, **kw):
+        svc = DeployService(build_request(self.params(**kw)), self.host, Files())
+        state = svc.load_state()
+        target = svc.verify(state)
+        seen = svc.observe(state)
+        plan = svc.plan(target, seen)
+        if plan.kind == "unchanged":
+            return plan, None, state
+        outcome = svc.apply(target, seen, plan)
+        return plan, outcome, svc.record(state, target, plan, outcome)
+
+    def serving(self, slot: str):
+        answer = ServerClient(self.admin[slot], "digits").status()
+        return answer.json.get("serving_version") if answer.ok else None
+
+    def public_version(self):
+        answer = ServerClient(self.port, "digits").status()  # the shared public port
+        return answer.json.get("serving_version") if answer.ok else None
+
+    def pointer(self):
+        path = self.root / "digits" / "current"
+        return path.read_text() if path.exists() else None
+
+    def units(self):
+        return sorted(os.listdir(self.unit_dir)) if self.unit_dir.exists() else []
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = Env(tmp_path)
+    yield e
+    e.host.stop_all()
+
+
+def test_first_deploy_unchanged_swap_failed_swap_and_rollback(env):
+    # First deployment: blue/green onto blue.
+    plan, outcome, state = env.deploy(version="1")
+    assert plan.kind == "bluegreen" and plan.slot == "blue" and plan.old_slot is None
+    assert outcome.outcome == "deployed", outcome
+    assert [g.name for g in outcome.gates] == ["readiness", "smoke", "latency", "error_rate"]
+    assert all(g.passed for g in outcome.gates)
+    assert env.host.running() == ["edgeml-digits-blue.service"]
+    assert env.units() == ["edgeml-digits-blue.container"] and env.pointer() == "1\n"
+    assert state["serving"]["version"] == "1" and state["serving"]["slot"] == "blue"
+    assert state["serving"]["image_id"] == fx.IMAGE_ID
+    assert env.public_version() == "1"
+    state_file = env.state_dir / "digits.json"
+    assert json.loads(state_file.read_text()) == state and oct(state_file.stat().st_mode)[-3:] == "600"
+
+    # Same again: nothing touched.
+    stamp = state_file.stat().st_mtime_ns
+    calls = len(env.host.calls)
+    plan, outcome, _ = env.deploy(version="1")
+    assert plan.kind == "unchanged" and outcome is None
+    assert state_file.stat().st_mtime_ns == stamp
+    assert not [c for c in env.host.calls[calls:] if not c.startswith("podman image inspect")]
+
+    # Only the model changes: swapped in place on the running blue slot (same process).
+    pid = env.host.procs["edgeml-digits-blue.service"].pid
+    plan, outcome, state = env.deploy(version="2")
+    assert plan.kind == "swap" and plan.slot == "blue"
+    assert outcome.outcome == "deployed" and env.serving("blue") == "2" and env.pointer() == "2\n"
+    assert env.host.procs["edgeml-digits-blue.service"].pid == pid
+    assert [h["version"] for h in state["history"]] == ["2", "1"]
+
+    # A version whose answers are wrong: smoke gate fails, swapped back to 2.
+    plan, outcome, state = env.deploy(version="3")
+    assert plan.kind == "swap"
+    assert outcome.outcome == "rolled_back" and outcome.failed.name == "smoke"
+    assert outcome.restored_version == "2" and env.serving("blue") == "2" and env.pointer() == "2\n"
+    assert outcome.rollback_reason.startswith("smoke gate: 2 of 4 vectors wrong")
+    assert any("swap done" in line for line in outcome.log_tail)
+    assert state["serving"]["version"] == "2"
+    assert state["last_failure"]["gate"] == "smoke" and state["last_failure"]["version"] == "3"
+    assert state["last_failure"]["measured"]["pass_ratio"] == 0.5
+    assert state["history"][0]["outcome"] == "rolled_back" and "smoke gate" in state["history"][0]["reason"]
+
+    # rollback: previous -> the newest successful deployment other than what serves (1).
+    plan, outcome, state = env.deploy(version=None, rollback="previous", image=None)
+    assert plan.kind == "swap" and outcome.outcome == "deployed"
+    assert env.serving("blue") == "1" and state["serving"]["version"] == "1"
+    assert state["history"][0]["reason"] == "rollback to previous (1)"
+    # rollback to a named version from the history
+    plan, outcome, state = env.deploy(version=None, rollback="2", image=None)
+    assert outcome.outcome == "deployed" and env.serving("blue") == "2"
+    with pytest.raises(Refused, match="no such successful deployment"):
+        env.deploy(version=None, rollback="3", image=None)  # 3 never deployed successfully
+
+
+def test_image_change_goes_blue_green_and_a_broken_image_rolls_back(env):
+    env.deploy(version="1")
+    # New image: green starts, passes the gates, then blue stops and its unit goes.
+    plan, outcome, state = env.deploy(version="1", image=fx.IMAGE2)
+    assert plan.kind == "bluegreen" and plan.slot == "green" and plan.old_slot == "blue"
+    assert outcome.outcome == "deployed", outcome
+    assert env.host.running() == ["edgeml-digits-green.service"]
+    assert env.units() == ["edgeml-digits-green.container"]
+    assert state["serving"]["slot"] == "green" and state["serving"]["image_id"] == fx.IMAGE2_ID
+    assert env.public_version() == "1"
+    # A broken image: its service fails at once; green keeps serving, blue is cleaned up.
+    plan, outcome, state = env.deploy(version="1", image=fx.BROKEN_IMAGE)
+    assert plan.slot == "blue" and outcome.outcome == "rolled_back"
+    assert outcome.failed.name == "readiness" and "the service failed" in outcome.failed.detail
+    assert outcome.restored_version == "1"
+    assert env.host.running() == ["edgeml-digits-green.service"]
+    assert env.units() == ["edgeml-digits-green.container"]
+    assert env.public_version() == "1" and env.pointer() == "1\n"
+    assert state["serving"]["slot"] == "green" and state["last_failure"]["gate"] == "readiness"
+    assert any("not a valid bundle name" in line for line in outcome.log_tail)
+    # rollback: previous = 1 on the first image: blue/green again, the unit's Image= set to it.
+    plan, outcome, state = env.deploy(version=None, rollback="previous", image=fx.IMAGE2)
+    assert plan.kind == "bluegreen" and plan.slot == "blue" and outcome.outcome == "deployed"
+    assert f"Image={fx.IMAGE}\n" in (env.unit_dir / "edgeml-digits-blue.container").read_text()
+    assert state["serving"]["image_id"] == fx.IMAGE_ID and state["serving"]["slot"] == "blue"
+    assert env.host.running() == ["edgeml-digits-blue.service"]
+
+
+def test_first_deploy_failing_smoke_leaves_nothing(env):
+    plan, outcome, state = env.deploy(version="3")
+    assert plan.kind == "bluegreen" and outcome.outcome == "rolled_back"
+    assert outcome.failed.name == "smoke" and outcome.restored_version is None
+    assert env.host.running() == [] and env.units() == [] and env.pointer() is None
+    assert state["serving"] is None and state["last_failure"]["version"] == "3"
+
+
+def test_readiness_timeout_on_a_bundle_that_fails_its_self_test(env, tmp_path):
+    # Same sha256 as bundle 1 but tampered recorded outputs: the server never becomes ready.
+    sha = fx.bw.write_bundle(env.root, "digits", "9", models.digits_model(), fx.rows(), tamper_outputs=True)
+    env.sha["9"] = sha256_file(str(sha / "model.onnx"))
+    _, outcome, _ = env.deploy(version="9", gates=dict(FAST_GATES, readiness_timeout=1.5))
+    assert outcome.outcome == "rolled_back" and outcome.failed.name == "readiness"
+    assert outcome.failed.measured["timed_out"] is True
+    assert "differs from the recorded value" in outcome.failed.detail
+    assert env.host.running() == [] and env.units() == []
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ("sha", "Checksum mismatch"),
+        ("missing_bundle", "is incomplete on this host"),
+        ("missing_image", "is not on this host"),
+        ("digest", "does not match image_digest"),
+        ("manifest_sha", "Checksum mismatch"),
+    ],
+)
+def test_refused_before_anything_changes(env, change, words):
+    params = {"version": "1"}
+    if change == "sha":
+        params["bundle_sha256"] = "0" * 64
+    elif change == "missing_bundle":
+        params["version"] = "7"
+        env.sha["7"] = "1" * 64
+    elif change == "missing_image":
+        params["image"] = "localhost/none:1"
+    elif change == "digest":
+        params["image_digest"] = "sha256:" + "9" * 64
+    elif change == "manifest_sha":
+        with open(env.root / "digits" / "1" / "model.onnx", "ab") as handle:
+            handle.write(b"\0")  # the copy on the host differs from what the manifest records
+    before = fx.models.tree(env.root)
+    with pytest.raises(Refused, match=words):
+        env.deploy(**params)
+    assert fx.models.tree(env.root) == before
+    assert env.units() == [] and not env.state_dir.exists()
+    assert not [c for c in env.host.calls if c.startswith("systemctl")]
+
+
+def test_image_digest_accepts_repo_digest_and_id(env):
+    svc = DeployService(build_request(env.params(image_digest=fx.IMAGE_DIGEST)), env.host, Files())
+    assert svc.verify_image(fx.IMAGE, fx.IMAGE_DIGEST, None) == fx.IMAGE_ID
+    assert svc.verify_image(fx.IMAGE, fx.IMAGE_ID, None) == fx.IMAGE_ID
+    with pytest.raises(Refused, match="tag moved"):
+        svc.verify_image(fx.IMAGE, None, fx.IMAGE2_ID)
+
+
+def test_plan_without_state_and_units(env):
+    svc = DeployService(build_request(env.params()), env.host, Files())
+    state = svc.load_state()
+    plan = svc.plan(svc.verify(state), svc.observe(state))
+    assert plan.kind == "bluegreen" and plan.slot == "blue"
+    assert plan.actions[0].endswith("digits/current: 1")
+    assert "systemctl start edgeml-digits-blue.service" in plan.actions
+
+
+def test_corrupt_state_file_is_reported(env):
+    env.state_dir.mkdir()
+    (env.state_dir / "digits.json").write_text("{nope")
+    with pytest.raises(EdgeMLError, match="not valid JSON"):
+        env.deploy()
+
+
+def test_with_image_rewrites_only_the_image_line():
+    unit = "[Container]\nImage=old:1\nEnvironment=A=Image=x\n"
+    assert with_image(unit, "new@sha256:ab") == "[Container]\nImage=new@sha256:ab\nEnvironment=A=Image=x\n"
+
+
+def test_one_deployment_at_a_time(env):
+    first = DeployService(build_request(env.params()), env.host, Files())
+    second = DeployService(build_request(env.params()), env.host, Files())
+    with first.lock():
+        with pytest.raises(EdgeMLError, match="Another deployment of digits is running"):
+            with second.lock():
+                pass
+    with second.lock():  # released
+        pass
