@@ -20,8 +20,8 @@ export PATH := $(BIN):$(PATH)
 # Podman needs the project's containers.conf only on some kernels; the probe says when.
 export CONTAINERS_CONF := $(shell roles/lab/files/podman-conf-probe.sh)
 
-.PHONY: help setup demo test lint sanity unit server-test integration lab-up lab-down \
-        survey build clean
+.PHONY: help setup demo test lint sanity unit server-test molecule integration e2e lab-up lab-down provision \
+        survey models server-image deploy-demo bench-server bench-rollout build clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -44,9 +44,9 @@ $(COLLECTION_LINK):
 
 # --- the two commands ----------------------------------------------------------
 
-demo: setup lab-up survey ## Bring the lab fleet up and survey it
+demo: setup lab-up survey provision models server-image deploy-demo ## The whole story on the lab fleet
 
-test: setup lint sanity unit server-test integration ## Run the whole suite
+test: setup lint sanity unit server-test molecule integration e2e ## Run the whole suite
 
 # --- lab ---------------------------------------------------------------------------
 
@@ -58,6 +58,28 @@ lab-down: setup ## Remove every container, volume, network and image the lab mad
 
 survey: setup ## Print host, OS, podman version, site and ring of every lab host
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/fleet_survey.yml
+
+provision: lab-up ## Make the lab hosts ready to serve (role edge_host)
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/provision.yml
+
+# --- models and the model server image -------------------------------------------
+
+models: setup ## Train the example digits models and bundle their versions
+	ansible-playbook playbooks/build_models.yml
+
+server-image: lab-up ## Build the model server image and push it to the lab registry
+	ansible-playbook playbooks/build_server_image.yml \
+	  -e model_server_image_push_registry=127.0.0.1:5000 -e model_server_image_push_tls_verify=false
+
+# v1 everywhere; a faulty v2 is stopped at the canary and rolled back; a good v3 everywhere.
+DEPLOY := ansible-playbook -i $(LAB_INVENTORY) playbooks/deploy_model.yml -e model_deployment_registry_tls_verify=false
+deploy-demo: ## Roll out v1, try the faulty v2, roll out v3, show the fleet
+	$(DEPLOY) -e model_version=1.0.0
+	@echo "== Trying 2.0.0, which answers wrongly: the canary must stop it =="
+	@if $(DEPLOY) -e model_version=2.0.0; then echo "2.0.0 was NOT stopped" >&2; exit 1; \
+	  else echo "== 2.0.0 was stopped at the canary and rolled back, as it should be =="; fi
+	$(DEPLOY) -e model_version=3.0.0
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/fleet_status.yml
 
 # --- tests -------------------------------------------------------------------------
 
@@ -87,6 +109,24 @@ server-test: setup ## Model server tests (real onnxruntime and HTTP on 127.0.0.1
 
 integration: lab-up ## Integration tests on the lab fleet (testinfra over SSH)
 	$(PYTEST) -m lab tests/integration
+
+# Molecule builds its Debian 12 and 13 systemd images with the lab role (no registry).
+molecule: setup ## Molecule scenario of edge_host on Debian 12 and 13
+	ansible-playbook playbooks/lab_images.yml -e lab_debian_suite=bookworm
+	ansible-playbook playbooks/lab_images.yml -e lab_debian_suite=trixie
+	molecule test -s edge_host
+
+e2e: lab-up ## End-to-end rollout scenarios on the lab fleet
+	$(PYTEST) -m lab tests/e2e
+
+# --- benchmarks (not tests) -------------------------------------------------------------
+
+bench-server: server-image ## Model server vs raw onnxruntime, KServe and MLServer
+	$(BIN)/python bench/server_bench.py --setup
+	$(BIN)/python bench/server_bench.py --image-edgeml localhost/edgeml-model-server:0.1.0
+
+bench-rollout: server-image models ## Rollout wall time and failed requests on 4, 8, 16 hosts vs a plain playbook
+	$(BIN)/python bench/rollout_bench.py --hosts 4 8 16
 
 build: setup ## Build the collection tarball into .build/dist
 	mkdir -p $(BUILD_DIR)/dist

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 LAB_INVENTORY = ROOT / "inventories" / "lab" / "hosts.yml"
 BIN = Path(sys.executable).parent
 

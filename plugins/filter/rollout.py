@@ -58,7 +58,7 @@ def rollout_plan(hosts: list[dict], rings: list[str], site_max_unavailable=1, ov
         site: _count(site_max_unavailable, total, "edgeml_site_max_unavailable") for site, total in sites.items()
     }
     planned = []
-    for index, ring in enumerate(rings):
+    for ring in rings:
         members = [host for host in hosts if host["ring"] == ring]
         if not members:
             continue
@@ -75,7 +75,7 @@ def rollout_plan(hosts: list[dict], rings: list[str], site_max_unavailable=1, ov
         planned.append(
             {
                 "name": ring,
-                "group": f"rollout_ring_{index}",
+                "group": f"rollout_ring_{len(planned)}",
                 "hosts": [name for batch in batches for name in batch],
                 "batches": batches,
                 "serial": [len(batch) for batch in batches],
@@ -91,8 +91,31 @@ def batch_exceeds(failed: int, total: int, max_fail_percentage: float) -> bool:
     return total > 0 and failed * 100.0 / total > float(max_fail_percentage)
 
 
+def _gate_text(gate: dict) -> str:
+    measured = gate.get("measured") or {}
+    values = ", ".join(f"{key}={value}" for key, value in sorted(measured.items()))
+    return f"{gate.get('name')}:{'ok' if gate.get('passed') else 'FAIL'}" + (f" ({values})" if values else "")
+
+
+def rollout_row(host_vars: dict) -> dict:
+    """One host's line of the rollout summary, from its hostvars."""
+    gates = list(host_vars.get("rollout_gates") or [])
+    return {
+        "host": host_vars.get("inventory_hostname"),
+        "ring": (host_vars.get("rollout_describe") or {}).get("ring") or "-",
+        "site": (host_vars.get("rollout_describe") or {}).get("site") or "-",
+        "old_version": host_vars.get("rollout_old_version"),
+        "new_version": host_vars.get("rollout_new_version"),
+        "outcome": host_vars.get("rollout_outcome") or "not started",
+        "reason": host_vars.get("rollout_reason"),
+        "rollback_seconds": host_vars.get("rollout_rollback_seconds"),
+        "gates": gates,
+        "gates_text": "; ".join(_gate_text(gate) for gate in gates),
+    }
+
+
 class FilterModule:
     """Rollout planning filters."""
 
     def filters(self):
-        return {"rollout_plan": rollout_plan, "rollout_batch_exceeds": batch_exceeds}
+        return {"rollout_plan": rollout_plan, "rollout_batch_exceeds": batch_exceeds, "rollout_row": rollout_row}

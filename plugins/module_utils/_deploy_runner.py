@@ -316,6 +316,7 @@ def _deploy(wrapper: EdgeMLModule, svc: DeployService, state: dict[str, t.Any], 
             "performed": outcome.rollback_performed,
             "reason": outcome.rollback_reason,
             "restored_version": outcome.restored_version,
+            "seconds": outcome.rollback_seconds,
         },
         log_tail=outcome.log_tail,
     )

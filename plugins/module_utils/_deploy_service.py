@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import re
+import time
 import typing as t
 from dataclasses import dataclass, field
 
@@ -139,6 +140,8 @@ class Outcome:
     rollback_reason: str | None = None
     restored_version: str | None = None
     rollback_performed: bool = False
+    # From the failed gate to the previous version confirmed serving again.
+    rollback_seconds: float | None = None
     log_tail: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
 
@@ -421,6 +424,7 @@ class DeployService:
         failed = next((r for r in results if not r.passed), None)
         if failed is None:
             return Outcome("deployed", results, actions=done)
+        failed_at = time.monotonic()
         log_tail = self._log_tail(slot, seen.units.get(slot))
         # Swap back: the previous version in place, the pointer as it was.
         restored, why = None, None
@@ -446,6 +450,7 @@ class DeployService:
             rollback_reason=f"{failed.name} gate: {failed.detail}" + (f"; {why}" if why else ""),
             restored_version=restored,
             rollback_performed=True,
+            rollback_seconds=round(time.monotonic() - failed_at, 3) if restored else None,
             log_tail=log_tail,
             actions=done,
         )
@@ -512,6 +517,7 @@ class DeployService:
                 done.append("systemctl daemon-reload")
             return Outcome("deployed", results, actions=done)
 
+        failed_at = time.monotonic()
         log_tail = self._log_tail(slot, plan.unit)
         why = None
         try:
@@ -540,6 +546,7 @@ class DeployService:
             rollback_reason=f"{failed.name} gate: {failed.detail}" + (f"; {why}" if why else ""),
             restored_version=restored,
             rollback_performed=True,
+            rollback_seconds=round(time.monotonic() - failed_at, 3) if restored else None,
             log_tail=log_tail,
             actions=done,
         )

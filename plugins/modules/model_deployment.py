@@ -343,13 +343,16 @@ failed_gate:
   returned: always
   type: str
 rollback:
-  description: Whether the previous state was restored, why, and which version serves again.
+  description:
+    - Whether the previous state was restored, why, which version serves again, and the
+      seconds from the failed gate to that version confirmed serving (null when none).
   returned: always
   type: dict
   sample:
     performed: true
     reason: "smoke gate: 2 of 8 vectors wrong (vector 3: label expected [3], got [5])"
     restored_version: "1.0.0"
+    seconds: 0.412
 log_tail:
   description: The last lines of the slot's log (journalctl, else podman logs) when a gate failed.
   returned: always

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.edgeml.fleet.plugins.filter.rollout import batch_exceeds, rollout_plan
+from ansible_collections.edgeml.fleet.plugins.filter.rollout import batch_exceeds, rollout_plan, rollout_row
 
 
 def _host(name, ring, site, serial=1, max_fail=0):
@@ -90,3 +90,29 @@ def test_bad_settings_say_which_setting(kwargs, message):
 )
 def test_batch_fails_only_when_the_threshold_is_exceeded(failed, total, threshold, exceeds):
     assert batch_exceeds(failed, total, threshold) is exceeds
+
+
+def test_summary_row_reads_what_the_rollout_recorded():
+    row = rollout_row(
+        {
+            "inventory_hostname": "edge-1",
+            "rollout_describe": {"ring": "canary", "site": "site_a"},
+            "rollout_old_version": "1.0.0",
+            "rollout_new_version": "1.0.0",
+            "rollout_outcome": "rolled_back",
+            "rollout_reason": "smoke gate: 0 of 8 vectors right",
+            "rollout_gates": [
+                {"name": "readiness", "passed": True, "measured": {"seconds_to_ready": 1.5}},
+                {"name": "smoke", "passed": False, "measured": {"pass_ratio": 0.0}},
+            ],
+        }
+    )
+    assert row["host"] == "edge-1" and row["ring"] == "canary"
+    assert row["outcome"] == "rolled_back"
+    assert row["gates_text"] == "readiness:ok (seconds_to_ready=1.5); smoke:FAIL (pass_ratio=0.0)"
+
+
+def test_summary_row_of_a_host_that_never_started():
+    row = rollout_row({"inventory_hostname": "edge-9"})
+    assert row["outcome"] == "not started"
+    assert row["ring"] == "-" and row["gates"] == []

@@ -170,6 +170,7 @@ def test_failed_gate_result_shape(env, capsys):
     assert result["failed"] is True and result["changed"] is True
     assert result["outcome"] == "rolled_back" and result["failed_gate"] == "smoke"
     assert result["rollback"]["performed"] is True and result["rollback"]["restored_version"] == "1"
+    assert result["rollback"]["seconds"] >= 0
     assert result["rollback"]["reason"].startswith("smoke gate: 2 of 4 vectors wrong")
     assert result["model"]["serving_version"] == "1" and result["model"]["version"] == "3"
     assert result["gates"][-1]["name"] == "smoke" and result["gates"][-1]["passed"] is False

@@ -1,0 +1,42 @@
+"""Fixtures shared by the lab test layers: the artifacts a deployment needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from labtools import ROOT, run_playbook
+
+
+@pytest.fixture(scope="session")
+def model_bundles() -> Path:
+    """The example digits bundles (playbooks/build_models.yml), built once per session."""
+    run_playbook("build_models.yml")
+    return ROOT / "examples" / "out" / "bundles"
+
+
+@pytest.fixture(scope="session")
+def server_image(tmp_path_factory) -> dict:
+    """The model server image, built by its role, pushed to the lab registry and archived."""
+    archive = tmp_path_factory.mktemp("image") / "edgeml-model-server.oci.tar"
+    settings = {
+        "model_server_image_push_registry": "127.0.0.1:5000",
+        "model_server_image_push_tls_verify": False,
+        "model_server_image_archive": str(archive),
+    }
+    report = run_playbook("build_server_image.yml", "-e", json.dumps(settings))
+    built = _fact(report, "model_server_image_result")
+    built["archive"] = archive
+    built["registry_ref"] = "edgeml-lab-registry:5000/edgeml-model-server:" + built["image"].rsplit(":", 1)[1]
+    return built
+
+
+def _fact(report: dict, name: str):
+    """The last value a play set for a fact, from the JSON callback's report."""
+    for play in reversed(report["plays"]):
+        for task in reversed(play["tasks"]):
+            for result in task["hosts"].values():
+                if name in result.get("ansible_facts", {}):
+                    return result["ansible_facts"][name]
+    raise AssertionError(f"no task set {name}")

@@ -1,0 +1,72 @@
+"""End-to-end rollout scenarios on the lab fleet: real hosts, real podman, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from fleetops import LoadGenerator, deploy, latest_report, outcomes, serving_versions
+from labtools import BIN, LAB_INVENTORY, podman
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(pytest.mark.lab)
+
+
+def pytest_sessionstart(session):
+    if not LAB_INVENTORY.is_file():
+        pytest.exit(f"no lab inventory at {LAB_INVENTORY}: bring the lab up first (make lab-up)", returncode=1)
+
+
+@pytest.fixture(scope="session")
+def fleet() -> dict[str, str]:
+    """Each lab host's model URL as the controller reaches it."""
+    listing = json.loads(
+        subprocess.run(
+            [BIN / "ansible-inventory", "-i", LAB_INVENTORY, "--list"], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    hostvars = listing["_meta"]["hostvars"]
+    return {host: hostvars[host]["edgeml_model_url_from_controller"] for host in sorted(listing["debian"]["hosts"])}
+
+
+@pytest.fixture
+def fleet_on(fleet, model_bundles, server_image):
+    """Bring the whole fleet to a version (only when it is not there already)."""
+
+    def bring(version: str, image_settings: dict | None = None) -> None:
+        if set(serving_versions(fleet).values()) != {version} or image_settings:
+            report = deploy(version, **(image_settings or {}))
+            assert report["returncode"] == 0, outcomes(latest_report())
+        assert set(serving_versions(fleet).values()) == {version}
+
+    return bring
+
+
+@pytest.fixture
+def load(fleet):
+    return lambda **kwargs: LoadGenerator(fleet, **kwargs)
+
+
+def _image_variant(server_image: dict, tag: str, containerfile_tail: str, tmp_path_factory) -> dict:
+    """A variant of the model server image, built FROM it and pushed to the lab registry."""
+    context = tmp_path_factory.mktemp(f"image-{tag}")
+    (context / "Containerfile").write_text(f"FROM {server_image['image']}\n{containerfile_tail}\n")
+    name = f"localhost/edgeml-model-server:{tag}"
+    podman("build", "--format", "docker", "-t", name, str(context))
+    podman("push", "--tls-verify=false", name, f"127.0.0.1:5000/edgeml-model-server:{tag}")
+    return {"model_deployment_image": name}
+
+
+@pytest.fixture(scope="session")
+def crashing_image(server_image, tmp_path_factory) -> dict:
+    """A server image whose process dies at start (a broken release)."""
+    return _image_variant(server_image, "crash", 'ENTRYPOINT ["/bin/false"]', tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def next_image(server_image, tmp_path_factory) -> dict:
+    """A working server image with another digest (a new server release)."""
+    return _image_variant(server_image, "next", 'LABEL io.edgeml.test.release="next"', tmp_path_factory)
