@@ -146,6 +146,30 @@ class Outcome:
     actions: list[str] = field(default_factory=list)
 
 
+def _rolled_back(
+    results: list[GateResult],
+    failed: GateResult,
+    *,
+    why: str | None,
+    restored: str | None,
+    failed_at: float,
+    log_tail: list[str],
+    done: list[str],
+) -> Outcome:
+    """The outcome of a failed gate: restored when `why` is None, else a failed rollback."""
+    return Outcome(
+        "rolled_back" if why is None else "rollback_failed",
+        results,
+        failed=failed,
+        rollback_reason=f"{failed.name} gate: {failed.detail}" + (f"; {why}" if why else ""),
+        restored_version=restored,
+        rollback_performed=True,
+        rollback_seconds=round(time.monotonic() - failed_at, 3) if restored else None,
+        log_tail=log_tail,
+        actions=done,
+    )
+
+
 class DeployService:
     def __init__(self, request: DeployRequest, host: HostClient, files: Files) -> None:
         self.req = request
@@ -443,16 +467,8 @@ class DeployService:
                 why = f"slot {slot} serves {now!r} after the swap back, not {previous!r}"
         except EdgeMLError as exc:
             why = f"swap back failed: {exc}"
-        return Outcome(
-            "rolled_back" if why is None else "rollback_failed",
-            results,
-            failed=failed,
-            rollback_reason=f"{failed.name} gate: {failed.detail}" + (f"; {why}" if why else ""),
-            restored_version=restored,
-            rollback_performed=True,
-            rollback_seconds=round(time.monotonic() - failed_at, 3) if restored else None,
-            log_tail=log_tail,
-            actions=done,
+        return _rolled_back(
+            results, failed, why=why, restored=restored, failed_at=failed_at, log_tail=log_tail, done=done
         )
 
     def _service_watch(self, slot: str) -> t.Callable[[], tuple[str | None, str | None]]:
@@ -539,16 +555,8 @@ class DeployService:
                 restored = now
             else:
                 why = f"slot {old} serves {now!r}, not {seen.serving_version!r}"
-        return Outcome(
-            "rolled_back" if why is None else "rollback_failed",
-            results,
-            failed=failed,
-            rollback_reason=f"{failed.name} gate: {failed.detail}" + (f"; {why}" if why else ""),
-            restored_version=restored,
-            rollback_performed=True,
-            rollback_seconds=round(time.monotonic() - failed_at, 3) if restored else None,
-            log_tail=log_tail,
-            actions=done,
+        return _rolled_back(
+            results, failed, why=why, restored=restored, failed_at=failed_at, log_tail=log_tail, done=done
         )
 
     # --- recording ----------------------------------------------------------------------

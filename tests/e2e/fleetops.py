@@ -164,3 +164,16 @@ def path_exists_on(host: str, path: str) -> bool:
         text=True,
     ).stdout
     return json.loads(result.split("=>", 1)[1])["stat"]["exists"]
+
+
+def rollout_with_a_host_stopped(fleet: dict[str, str], host: str, version: str, **extra) -> subprocess.Popen:
+    """Roll out, stop `host` once the canary serves `version` (during the pause before the
+    next ring), let the rollout finish, then start the host again."""
+    rollout = popen_deploy(version, rollout_pause_seconds=15, **extra)
+    try:
+        wait_until_serving(fleet, "edge-1", version)
+        stop_host(host)
+        rollout.wait(timeout=600)
+    finally:
+        start_host(host, fleet)
+    return rollout

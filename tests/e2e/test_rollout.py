@@ -18,9 +18,8 @@ from fleetops import (
     outcomes,
     path_exists_on,
     popen_deploy,
+    rollout_with_a_host_stopped,
     serving_versions,
-    start_host,
-    stop_host,
     wait_until_serving,
 )
 from labtools import ROOT, run_playbook
@@ -120,17 +119,9 @@ def test_new_server_image_switches_slots_without_a_failed_request(fleet, fleet_o
 def test_host_stopped_mid_wave_within_the_threshold(fleet, fleet_on):
     """wave1 (edge-2, edge-3) in one batch that tolerates half of it failing."""
     fleet_on("1.0.0")
-    rollout = popen_deploy(
-        "3.0.0",
-        rollout_pause_seconds=15,
-        rollout_ring_overrides={"wave1": {"serial": 2, "max_fail_percentage": 50}},
+    rollout = rollout_with_a_host_stopped(
+        fleet, "edge-3", "3.0.0", rollout_ring_overrides={"wave1": {"serial": 2, "max_fail_percentage": 50}}
     )
-    try:
-        wait_until_serving(fleet, "edge-1", "3.0.0")
-        stop_host("edge-3")
-        rollout.wait(timeout=600)
-    finally:
-        start_host("edge-3", fleet)
     assert rollout.returncode != 0  # a host did not get the version: the run says so
     summary = latest_report()
     assert not summary["halted"]
@@ -143,17 +134,9 @@ def test_host_stopped_mid_wave_within_the_threshold(fleet, fleet_on):
 
 def test_host_stopped_mid_wave_over_the_threshold_rolls_back_the_rollout(fleet, fleet_on):
     fleet_on("1.0.0")
-    rollout = popen_deploy(
-        "3.0.0",
-        rollout_pause_seconds=15,
-        rollout_ring_overrides={"wave1": {"serial": 2, "max_fail_percentage": 49}},
+    rollout = rollout_with_a_host_stopped(
+        fleet, "edge-3", "3.0.0", rollout_ring_overrides={"wave1": {"serial": 2, "max_fail_percentage": 49}}
     )
-    try:
-        wait_until_serving(fleet, "edge-1", "3.0.0")
-        stop_host("edge-3")
-        rollout.wait(timeout=600)
-    finally:
-        start_host("edge-3", fleet)
     assert rollout.returncode != 0
     summary = latest_report()
     assert summary["halted"] and "ring wave1" in summary["halt_reason"]
