@@ -3,15 +3,18 @@ edge-3, wave2 edge-4), each asserting the version every host ends on and, where 
 applies, that a load generator running meanwhile saw zero failed requests.
 
 Versions (examples/README.md): 1.0.0 and 3.0.0 good, 2.0.0 answers wrongly, 4.0.0 too
-slow, 5.0.0 corrupt on the controller.
+slow, 5.0.0 corrupt on the controller. The scenarios are ordered so that each starts from
+the version the previous one left, sparing a rollout to reset the fleet.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
 from fleetops import (
+    GATES,
     deploy,
     host_state,
     latest_report,
@@ -30,30 +33,6 @@ ALL_HOSTS = ["edge-1", "edge-2", "edge-3", "edge-4"]
 def everyone(version):
     return dict.fromkeys(ALL_HOSTS, version)
 
-
-def test_good_version_reaches_every_ring_without_a_failed_request(fleet, fleet_on, load):
-    fleet_on("1.0.0")
-    with load() as traffic:
-        report = deploy("3.0.0")
-    assert report["returncode"] == 0
-    assert serving_versions(fleet) == everyone("3.0.0")
-    assert traffic.sent > 50 and traffic.failed == 0, traffic.failures[:5]
-    summary = latest_report()
-    assert not summary["halted"]
-    assert set(outcomes(summary).values()) == {"deployed"}
-    assert {row["old_version"] for row in summary["hosts"]} == {"1.0.0"}
-    assert all(gate["passed"] for row in summary["hosts"] for gate in row["gates"])
-    assert {gate["name"] for gate in summary["hosts"][0]["gates"]} >= {"readiness", "smoke", "latency", "error_rate"}
-    html = sorted((ROOT / ".build" / "reports").glob("rollout-*.html"))[-1].read_text()
-    assert "edge-4" in html and "Completed" in html
-
-
-def test_same_version_again_changes_nothing(fleet, fleet_on):
-    fleet_on("3.0.0")
-    report = deploy("3.0.0")
-    assert report["returncode"] == 0
-    assert all(report["stats"][host]["changed"] == 0 for host in ALL_HOSTS), report["stats"]
-    assert set(outcomes(latest_report()).values()) == {"unchanged"}
 
 
 def test_wrong_outputs_are_stopped_at_the_canary_by_the_smoke_gate(fleet, fleet_on, load):
@@ -105,8 +84,33 @@ def test_server_crashing_at_start_leaves_the_old_slot_serving(fleet, fleet_on, c
     assert [gate["name"] for gate in canary["gates"] if not gate["passed"]] == ["readiness"]
 
 
-def test_new_server_image_switches_slots_without_a_failed_request(fleet, fleet_on, next_image, load):
+def test_good_version_reaches_every_ring_without_a_failed_request(fleet, fleet_on, load):
     fleet_on("1.0.0")
+    with load() as traffic:
+        report = deploy("3.0.0")
+    assert report["returncode"] == 0
+    assert serving_versions(fleet) == everyone("3.0.0")
+    assert traffic.sent > 50 and traffic.failed == 0, traffic.failures[:5]
+    summary = latest_report()
+    assert not summary["halted"]
+    assert set(outcomes(summary).values()) == {"deployed"}
+    assert {row["old_version"] for row in summary["hosts"]} == {"1.0.0"}
+    assert all(gate["passed"] for row in summary["hosts"] for gate in row["gates"])
+    assert {gate["name"] for gate in summary["hosts"][0]["gates"]} >= {"readiness", "smoke", "latency", "error_rate"}
+    html = sorted((ROOT / ".build" / "reports").glob("rollout-*.html"))[-1].read_text()
+    assert "edge-4" in html and "Completed" in html
+
+
+def test_same_version_again_changes_nothing(fleet, fleet_on):
+    fleet_on("3.0.0")
+    report = deploy("3.0.0")
+    assert report["returncode"] == 0
+    assert all(report["stats"][host]["changed"] == 0 for host in ALL_HOSTS), report["stats"]
+    assert set(outcomes(latest_report()).values()) == {"unchanged"}
+
+
+def test_new_server_image_switches_slots_without_a_failed_request(fleet, fleet_on, next_image, load):
+    fleet_on("3.0.0")
     slot_before = host_state("edge-1")["serving"]["slot"]
     with load() as traffic:
         report = deploy("3.0.0", **next_image)
@@ -114,6 +118,45 @@ def test_new_server_image_switches_slots_without_a_failed_request(fleet, fleet_o
     assert serving_versions(fleet) == everyone("3.0.0")
     assert traffic.failed == 0, traffic.failures[:5]
     assert host_state("edge-1")["serving"]["slot"] != slot_before
+
+
+def test_manual_rollback_of_one_host_and_of_the_fleet(fleet, fleet_on):
+    fleet_on("3.0.0")
+    settings = {"model_deployment_registry_tls_verify": False, "model_deployment_gates": GATES}
+    one = run_playbook(
+        "rollback.yml", "-e", json.dumps({**settings, "rollback_to": "1.0.0"}), "--limit", "edge-2", check=False
+    )
+    assert one["returncode"] == 0
+    assert serving_versions(fleet) == {**everyone("3.0.0"), "edge-2": "1.0.0"}
+
+    # "previous": the newest successful deployment other than what serves now.
+    expected = {}
+    for host in ALL_HOSTS:
+        state = host_state(host)
+        serving = (state["serving"]["version"], state["serving"]["image_id"])
+        expected[host] = next(
+            entry["version"]
+            for entry in state["history"]
+            if entry["outcome"] == "deployed" and (entry["version"], entry["image_id"]) != serving
+        )
+    everything = run_playbook("rollback.yml", "-e", json.dumps(settings), check=False)
+    assert everything["returncode"] == 0
+    assert serving_versions(fleet) == expected
+    assert expected["edge-2"] == "3.0.0"
+
+
+def test_host_stopped_mid_wave_over_the_threshold_rolls_back_the_rollout(fleet, fleet_on):
+    fleet_on("1.0.0")
+    rollout = rollout_with_a_host_stopped(
+        fleet, "edge-3", "3.0.0", rollout_ring_overrides={"wave1": {"serial": 2, "max_fail_percentage": 49}}
+    )
+    assert rollout.returncode != 0
+    summary = latest_report()
+    assert summary["halted"] and "ring wave1" in summary["halt_reason"]
+    assert outcomes(summary)["edge-1"] == "rolled back (fleet)"
+    assert outcomes(summary)["edge-4"] == "skipped (rollout halted)"
+    # One consistent version across the fleet.
+    assert serving_versions(fleet) == everyone("1.0.0")
 
 
 def test_host_stopped_mid_wave_within_the_threshold(fleet, fleet_on):
@@ -132,49 +175,16 @@ def test_host_stopped_mid_wave_within_the_threshold(fleet, fleet_on):
     assert serving_versions(fleet) == everyone("3.0.0")
 
 
-def test_host_stopped_mid_wave_over_the_threshold_rolls_back_the_rollout(fleet, fleet_on):
-    fleet_on("1.0.0")
-    rollout = rollout_with_a_host_stopped(
-        fleet, "edge-3", "3.0.0", rollout_ring_overrides={"wave1": {"serial": 2, "max_fail_percentage": 49}}
-    )
-    assert rollout.returncode != 0
-    summary = latest_report()
-    assert summary["halted"] and "ring wave1" in summary["halt_reason"]
-    assert outcomes(summary)["edge-1"] == "rolled back (fleet)"
-    assert outcomes(summary)["edge-4"] == "skipped (rollout halted)"
-    # One consistent version across the fleet.
-    assert serving_versions(fleet) == everyone("1.0.0")
-
-
 def test_controller_killed_mid_rollout_then_rerun_converges(fleet, fleet_on, load):
-    fleet_on("1.0.0")
+    fleet_on("3.0.0")
     with load() as traffic:
-        rollout = popen_deploy("3.0.0", rollout_pause_seconds=15)
-        wait_until_serving(fleet, "edge-1", "3.0.0")
+        rollout = popen_deploy("1.0.0", rollout_pause_seconds=15)
+        wait_until_serving(fleet, "edge-1", "1.0.0")
         os.killpg(rollout.pid, signal.SIGKILL)
         rollout.wait(timeout=30)
         # No host is left serving nothing.
         assert None not in serving_versions(fleet).values()
-        report = deploy("3.0.0")
+        report = deploy("1.0.0")
     assert report["returncode"] == 0
-    assert serving_versions(fleet) == everyone("3.0.0")
+    assert serving_versions(fleet) == everyone("1.0.0")
     assert traffic.failed == 0, traffic.failures[:5]
-
-
-def test_manual_rollback_of_the_fleet_and_of_one_host(fleet, fleet_on):
-    fleet_on("1.0.0")
-    fleet_on("3.0.0")
-    one = run_playbook(
-        "rollback.yml",
-        "-e",
-        '{"model_deployment_registry_tls_verify": false, "rollback_to": "1.0.0"}',
-        "--limit",
-        "edge-2",
-        check=False,
-    )
-    assert one["returncode"] == 0
-    assert serving_versions(fleet) == {**everyone("3.0.0"), "edge-2": "1.0.0"}
-    everything = run_playbook("rollback.yml", "-e", '{"model_deployment_registry_tls_verify": false}', check=False)
-    assert everything["returncode"] == 0
-    versions = serving_versions(fleet)
-    assert versions["edge-1"] == versions["edge-3"] == versions["edge-4"] == "1.0.0"
