@@ -382,10 +382,10 @@ def run_smoke_tests(
             f"{where}: inputs {sorted(feeds)} do not match the signature",
         )
         recorded = [_vector_tensor(t, f"{where} output") for t in vout]
-        for oname, _ in recorded:
+        for oname, _unused1 in recorded:
             _require(oname in out_types, f"{where}: recorded output {oname!r} is not a model output")
         try:
-            got = session.run([n for n, _ in recorded], feeds)
+            got = session.run([n for n, _unused2 in recorded], feeds)
         except Exception as exc:
             raise BundleError(f"{where}: onnxruntime failed to run it: {exc}") from None
         for (oname, want), got_value in zip(recorded, got, strict=True):

@@ -60,7 +60,7 @@ def _config(app: object, host: str, port: int, limit: int, drain: float = 10.0) 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
     """A bound (not yet listening) TCP socket with SO_REUSEADDR and SO_REUSEPORT."""
-    family, kind, proto, _, addr = socket.getaddrinfo(
+    family, kind, proto, _unused1, addr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)

@@ -42,7 +42,7 @@ class ModelManager:
     # --- request side (any thread) --------------------------------------------
     def acquire(self) -> LoadedModel | None:
         """Return the serving model with an in-flight reference held, or None."""
-        for _ in range(8):
+        for _unused1 in range(8):
             m = self.current
             if m is None:
                 return None

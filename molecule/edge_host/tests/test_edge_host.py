@@ -145,7 +145,7 @@ def test_health_check_passes_against_ready_server(edge):
     edge.check_output("printf '%%s' %s > /tmp/oip-stub.py", STUB)
     edge.check_output("systemd-run --unit edgeml-oip-stub --collect python3 /tmp/oip-stub.py")
     try:
-        for _ in range(50):
+        for _unused1 in range(50):
             if edge.run(f"curl -fsS http://127.0.0.1:{PORT}/v2/health/ready").rc == 0:
                 break
             time.sleep(0.1)
@@ -166,7 +166,7 @@ def test_health_check_fails_when_a_model_is_not_ready(edge):
     edge.check_output("printf '%%s' %s > /tmp/oip-stub2.py", stub)
     edge.check_output("systemd-run --unit edgeml-oip-stub2 --collect python3 /tmp/oip-stub2.py")
     try:
-        for _ in range(50):
+        for _unused2 in range(50):
             if edge.run(f"curl -fsS http://127.0.0.1:{PORT}/v2/health/ready").rc == 0:
                 break
             time.sleep(0.1)

@@ -55,7 +55,7 @@ def test_run_turns_errors_into_failures(capsys):
     def func(w):
         raise EdgeMLError("What is wrong.", "How to fix it.", detail=1)
 
-    _, result = _run(func, capsys)
+    _unused1, result = _run(func, capsys)
     assert result["failed"] is True
     assert result["msg"] == "What is wrong. How to fix it."
     assert result["detail"] == 1
@@ -66,5 +66,5 @@ def test_require_libs(capsys):
         w.require_libs([("numpy", None), ("missinglib", "Traceback ...")])
         return {}
 
-    _, result = _run(func, capsys)
+    _unused2, result = _run(func, capsys)
     assert result["failed"] is True and "missinglib" in result["msg"]

@@ -164,7 +164,7 @@ class FakeHost:
         for line in text.splitlines():
             if line.startswith("Environment="):
                 for pair in line[len("Environment=") :].split():
-                    key, _, value = pair.partition("=")
+                    key, _unused1, value = pair.partition("=")
                     env[key] = value
         env["EDGEML_BUNDLES"] = str(self.bundle_root)  # the unit's /models mount
         env["EDGEML_HOST"] = "127.0.0.1"

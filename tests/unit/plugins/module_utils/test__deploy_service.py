@@ -122,7 +122,7 @@ def test_first_deploy_unchanged_swap_failed_swap_and_rollback(env):
     # Same again: nothing touched.
     stamp = state_file.stat().st_mtime_ns
     calls = len(env.host.calls)
-    plan, outcome, _ = env.deploy(version="1")
+    plan, outcome, _unused1 = env.deploy(version="1")
     assert plan.kind == "unchanged" and outcome is None
     assert state_file.stat().st_mtime_ns == stamp
     assert not [c for c in env.host.calls[calls:] if not c.startswith("podman image inspect")]
@@ -199,7 +199,7 @@ def test_readiness_timeout_on_a_bundle_that_fails_its_self_test(env, tmp_path):
     # Same sha256 as bundle 1 but tampered recorded outputs: the server never becomes ready.
     sha = fx.bw.write_bundle(env.root, "digits", "9", models.digits_model(), fx.rows(), tamper_outputs=True)
     env.sha["9"] = sha256_file(str(sha / "model.onnx"))
-    _, outcome, _ = env.deploy(version="9", gates=dict(FAST_GATES, readiness_timeout=1.5))
+    _unused3, outcome, _unused2 = env.deploy(version="9", gates=dict(FAST_GATES, readiness_timeout=1.5))
     assert outcome.outcome == "rolled_back" and outcome.failed.name == "readiness"
     assert outcome.failed.measured["timed_out"] is True
     assert "differs from the recorded value" in outcome.failed.detail

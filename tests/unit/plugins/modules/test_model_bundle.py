@@ -44,7 +44,7 @@ def run(args, capsys, check=False, diff=False):
 
 
 def test_create_then_idempotent(env, capsys):
-    _, dest, args = env
+    _unused1, dest, args = env
     result = run(args, capsys)
     assert result["changed"] is True, result
     bundle = dest / "digits" / "1.0.0"
@@ -69,7 +69,7 @@ def test_create_then_idempotent(env, capsys):
 
 
 def test_check_mode_writes_nothing_and_predicts(env, capsys):
-    _, dest, args = env
+    _unused2, dest, args = env
     predicted = run(args, capsys, check=True, diff=True)
     assert predicted["changed"] is True
     assert not dest.exists()
@@ -81,7 +81,7 @@ def test_check_mode_writes_nothing_and_predicts(env, capsys):
 
 
 def test_diff_when_unchanged(env, capsys):
-    _, _, args = env
+    _unused4, _unused3, args = env
     run(args, capsys)
     result = run(args, capsys, diff=True)
     assert result["diff"]["before"] == result["diff"]["after"]
@@ -89,7 +89,7 @@ def test_diff_when_unchanged(env, capsys):
 
 
 def test_two_builds_are_byte_identical(env, capsys):
-    tmp_path, _, args = env
+    tmp_path, _unused5, args = env
     run(dict(args, dest=str(tmp_path / "one")), capsys)
     run(dict(args, dest=str(tmp_path / "two")), capsys)
     assert models.tree(tmp_path / "one") == models.tree(tmp_path / "two")
@@ -224,7 +224,7 @@ def test_versions_are_immutable(env, capsys):
 
 
 def test_mutually_exclusive_sample_options(env, capsys):
-    _, _, args = env
+    _unused7, _unused6, args = env
     result = run(dict(args, sample_inputs=[{"X": [[0.0] * 64]}]), capsys)
     assert result["failed"] and "mutually exclusive" in result["msg"]
 
@@ -233,7 +233,7 @@ def test_missing_library_is_reported(env, capsys, monkeypatch):
     monkeypatch.setattr(
         _bundle_runner, "LIB_ERRORS", (("onnxruntime", "Traceback: No module named onnxruntime"),)
     )
-    _, dest, args = env
+    _unused8, dest, args = env
     result = run(args, capsys)
     assert result["failed"] and "Failed to import the required Python library (onnxruntime)" in result["msg"]
     assert not dest.exists()
@@ -241,7 +241,7 @@ def test_missing_library_is_reported(env, capsys, monkeypatch):
 
 def test_end_to_end_with_ansible(env):
     """The real thing: ansible localhost -m edgeml.fleet.model_bundle, twice."""
-    _, dest, args = env
+    _unused9, dest, args = env
     ansible = Path(sys.executable).with_name("ansible")
     if not ansible.exists():
         pytest.skip("ansible CLI not installed next to the test interpreter")

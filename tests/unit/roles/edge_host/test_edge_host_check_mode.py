@@ -87,13 +87,13 @@ def _tasks(output: dict) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def run(check_run):
-    result, _, _ = check_run
+    result, _unused2, _unused1 = check_run
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     return json.loads(result.stdout)
 
 
 def test_check_mode_writes_nothing(check_run, run):
-    _, before, after = check_run
+    _unused3, before, after = check_run
     assert before == after
     assert run["stats"]["rhel9"]["failures"] == 0
 
@@ -141,5 +141,5 @@ def test_chrony_diff_adds_confdir(run):
 
 
 def test_no_secret_in_output(check_run):
-    result, _, _ = check_run
+    result, _unused5, _unused4 = check_run
     assert "check-mode-secret-42" not in result.stdout + result.stderr

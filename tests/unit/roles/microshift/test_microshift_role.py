@@ -177,20 +177,20 @@ def test_check_mode_run_on_faked_rhel(check_run):
 
 
 def test_pull_secret_is_never_printed(check_run):
-    result, _ = check_run
+    result, _unused1 = check_run
     assert "c2VjcmV0LXRva2Vu" not in result.stdout + result.stderr
     assert "registry.redhat.io" not in result.stdout + result.stderr
 
 
 def test_non_rhel_host_is_refused_with_a_clear_message(check_run):
-    result, _ = check_run
+    result, _unused2 = check_run
     recap = next(line for line in result.stdout.splitlines() if line.startswith("debian12 "))
     assert "failed=1" in recap
     assert "this host reports Debian 12 on x86_64" in result.stdout
 
 
 def test_missing_pull_secret_is_refused(check_run):
-    result, _ = check_run
+    result, _unused3 = check_run
     recap = next(line for line in result.stdout.splitlines() if line.startswith("nosecret "))
     assert "failed=1" in recap
     assert "the role ships no pull secret" in result.stdout
