@@ -34,7 +34,6 @@ def everyone(version):
     return dict.fromkeys(ALL_HOSTS, version)
 
 
-
 def test_wrong_outputs_are_stopped_at_the_canary_by_the_smoke_gate(fleet, fleet_on, load):
     fleet_on("1.0.0")
     with load() as traffic:
