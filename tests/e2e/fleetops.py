@@ -15,11 +15,12 @@ from labtools import BIN, LAB_INVENTORY, ROOT, podman, run_playbook
 MODEL = "digits"
 # Small gates keep each scenario short; the shapes and thresholds are what is tested.
 # The latency budget sits between the good models (well under 1 ms of compute, tens of ms
-# of HTTP on a loaded 2-core machine) and 4.0.0 (over 200 ms of compute per request).
+# of HTTP on a loaded 2-core machine, up to ~170 ms p95 with four hosts gating at once) and
+# 4.0.0 (about 400 ms of compute per request).
 GATES = {
     "readiness_timeout": 90,
     "smoke": {"enabled": True, "min_pass_ratio": 1.0},
-    "latency": {"requests": 20, "p95_ms": 150},
+    "latency": {"requests": 20, "p95_ms": 250},
     "error_rate": {"soak_seconds": 2, "max_ratio": 0.0},
 }
 DEPLOY_SETTINGS = {"model_deployment_registry_tls_verify": False, "model_deployment_gates": GATES}
