@@ -21,7 +21,8 @@ export PATH := $(BIN):$(PATH)
 export CONTAINERS_CONF := $(shell roles/lab/files/podman-conf-probe.sh)
 
 .PHONY: help setup demo test lint sanity unit server-test molecule integration e2e lab-up lab-down provision \
-        survey models server-image deploy-demo bench-server bench-rollout build clean
+        survey models server-image deploy-demo bench-server bench-rollout build clean \
+        vm-image vm-boot-test vm-molecule vm-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -118,6 +119,20 @@ molecule: setup ## Molecule scenario of edge_host on Debian 12 and 13
 
 e2e: lab-up ## End-to-end rollout scenarios on the lab fleet
 	$(PYTEST) -m lab tests/e2e
+
+# --- OS images and VMs (qemu under TCG; not part of `make test`: see docs/os_image.md) ---
+
+vm-image: setup models ## Build the debian OS image (raw, qcow2, kernel, initrd)
+	ansible-playbook playbooks/build_image.yml
+
+vm-boot-test: vm-image ## Boot the OS image in qemu (TCG) and check it serves
+	ansible-playbook playbooks/boot_test.yml
+
+vm-molecule: vm-image ## edge_host and a model deployment in one VM (about 10 min)
+	molecule test -s vm
+
+vm-test: setup models ## VM layer tests: image build, boot test, Molecule in a VM (about 14 min)
+	$(PYTEST) -m vm tests/vm
 
 # --- benchmarks (not tests) -------------------------------------------------------------
 

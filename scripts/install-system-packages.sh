@@ -4,7 +4,7 @@
 set -eu
 
 need=""
-for cmd in podman debootstrap ssh rsync git shellcheck wrk; do
+for cmd in podman debootstrap ssh rsync git shellcheck wrk qemu-system-x86_64 qemu-img mkfs.ext4; do
   command -v "$cmd" >/dev/null 2>&1 || need="$need $cmd"
 done
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv"
@@ -20,11 +20,12 @@ if command -v apt-get >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq --no-install-recommends \
     podman runc crun netavark aardvark-dns uidmap slirp4netns fuse-overlayfs \
     debootstrap debian-archive-keyring openssh-client rsync git ca-certificates shellcheck wrk \
+    qemu-system-x86 qemu-utils e2fsprogs \
     python3-venv
 elif command -v dnf >/dev/null 2>&1; then
   # debootstrap comes from EPEL on RHEL; Fedora has it in the main repositories.
   $SUDO dnf install -y podman runc crun netavark aardvark-dns debootstrap \
-    openssh-clients rsync git python3 ca-certificates ShellCheck wrk
+    openssh-clients rsync git python3 ca-certificates ShellCheck wrk qemu-kvm-core qemu-img e2fsprogs
 else
   echo "No apt-get or dnf here: install podman, debootstrap, openssh client, rsync, git and python3-venv by hand." >&2
   exit 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-PORT = 8080
+PORT = "8080"
 MODEL = "digits"
 VERSION = "3.0.0"
 

@@ -1,0 +1,119 @@
+"""The VM layer: build the debian OS image, boot it under qemu (TCG) and see it serve,
+then run the Molecule scenario that applies edge_host inside the VM.
+
+Runs alone with `pytest -m vm tests/vm` (root, qemu-system-x86, debootstrap, podman);
+`pytest -m "vm and not slow" tests/vm` leaves out the Molecule scenario (the longest part).
+One VM at a time: the tests run in file order and each VM is powered off before the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from labtools import BIN, ROOT, run_playbook
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and mkfs of a root file system need root"),
+    pytest.mark.skipif(
+        not all(shutil.which(tool) for tool in ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4")),
+        reason="needs qemu-system-x86, qemu-utils, debootstrap and e2fsprogs",
+    ),
+]
+
+OUT = ROOT / ".build" / "os_image" / "out"
+MANIFEST = OUT / "edgeml-os-1.0.0.debian.json"
+
+
+def _fact(report: dict, name: str):
+    for play in reversed(report["plays"]):
+        for task in reversed(play["tasks"]):
+            for result in task["hosts"].values():
+                if name in result.get("ansible_facts", {}):
+                    return result["ansible_facts"][name]
+    raise AssertionError(f"no task set {name}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def debian_image(model_bundles) -> dict:
+    """Build (or find up to date) the debian image; the build skips when inputs are unchanged."""
+    started = time.monotonic()
+    report = run_playbook("build_image.yml")
+    result = _fact(report, "os_image_result")
+    result["playbook_seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def test_debian_image_is_built(debian_image):
+    manifest = json.loads(MANIFEST.read_text())
+    assert manifest["inputs_sha256"] == debian_image["inputs_sha256"]
+    assert set(manifest["artifacts"]) == {"raw", "qcow2", "vmlinuz", "initrd.img"}
+    for artifact in manifest["artifacts"].values():
+        path = Path(artifact["path"])
+        assert path.stat().st_size == artifact["size"]
+    # Checksum the small ones here (the disks are large; their digests come from the role).
+    for name in ("vmlinuz", "initrd.img"):
+        assert _sha256(Path(manifest["artifacts"][name]["path"])) == manifest["artifacts"][name]["sha256"]
+    qcow2 = subprocess.run(
+        ["qemu-img", "info", "--output=json", manifest["artifacts"]["qcow2"]["path"]],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(qcow2.stdout)["format"] == "qcow2"
+    assert manifest["model"]["name"] == "digits" and manifest["model"]["version"] == "1.0.0"
+    assert manifest["boot"]["cmdline"].startswith("root=/dev/vda")
+
+
+def test_debian_image_second_build_changes_nothing(debian_image):
+    report = run_playbook("build_image.yml")
+    again = _fact(report, "os_image_result")
+    assert again["changed"] is False
+    assert again["artifacts"] == debian_image["artifacts"]
+    changed = [
+        task["task"]["name"]
+        for play in report["plays"]
+        for task in play["tasks"]
+        for result in task["hosts"].values()
+        if result.get("changed") and "os_image" in task["task"].get("path", "")
+    ]
+    assert changed == [], changed
+
+
+def test_boot_test_serves_the_model(debian_image):
+    report = run_playbook("boot_test.yml")
+    result = _fact(report, "boot_test_result")
+    assert result["unit_state"] == "active"
+    assert result["infer_outputs"] == ["label", "probabilities"]
+    assert result["clean_poweroff"] is True
+    assert 0 < result["boot_to_ssh_seconds"] <= result["boot_to_ready_seconds"]
+    assert not list((ROOT / ".vm" / "boot_test").glob("*.qcow2")), "the throwaway disk is removed"
+
+
+@pytest.mark.slow  # about 10 min under TCG: `-m "vm and not slow"` leaves it out
+def test_molecule_vm_scenario(debian_image):
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", ANSIBLE_FORCE_COLOR="0", NO_COLOR="1")
+    started = time.monotonic()
+    run = subprocess.run(
+        [BIN / "molecule", "test", "-s", "vm"], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    elapsed = time.monotonic() - started
+    assert run.returncode == 0, (
+        f"molecule test -s vm failed after {elapsed:.0f} s:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
+    )
+    assert "idempotence" in run.stdout + run.stderr
