@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from labtools import ROOT, run_playbook
+from labtools import ROOT, playbook_fact, run_playbook
 
 
 @pytest.fixture(scope="session")
@@ -26,17 +26,7 @@ def server_image(tmp_path_factory) -> dict:
         "model_server_image_archive": str(archive),
     }
     report = run_playbook("build_server_image.yml", "-e", json.dumps(settings))
-    built = _fact(report, "model_server_image_result")
+    built = playbook_fact(report, "model_server_image_result")
     built["archive"] = archive
     built["registry_ref"] = "edgeml-lab-registry:5000/edgeml-model-server:" + built["image"].rsplit(":", 1)[1]
     return built
-
-
-def _fact(report: dict, name: str):
-    """The last value a play set for a fact, from the JSON callback's report."""
-    for play in reversed(report["plays"]):
-        for task in reversed(play["tasks"]):
-            for result in task["hosts"].values():
-                if name in result.get("ansible_facts", {}):
-                    return result["ansible_facts"][name]
-    raise AssertionError(f"no task set {name}")

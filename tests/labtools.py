@@ -47,3 +47,13 @@ def run_playbook(playbook: str, *args: str, check: bool = True) -> dict:
 def podman(*args: str) -> str:
     """Run podman on the control node, with the lab's containers.conf where needed."""
     return subprocess.run(["podman", *args], check=True, capture_output=True, text=True).stdout
+
+
+def playbook_fact(report: dict, name: str):
+    """The last value a play set for a fact, from the JSON callback's report."""
+    for play in reversed(report["plays"]):
+        for task in reversed(play["tasks"]):
+            for result in task["hosts"].values():
+                if name in result.get("ansible_facts", {}):
+                    return result["ansible_facts"][name]
+    raise AssertionError(f"no task set {name}")

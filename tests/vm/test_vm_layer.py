@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labtools import BIN, ROOT, run_playbook
+from labtools import BIN, ROOT, playbook_fact, run_playbook
 
 pytestmark = [
     pytest.mark.vm,
@@ -30,15 +30,6 @@ pytestmark = [
 
 OUT = ROOT / ".build" / "os_image" / "out"
 MANIFEST = OUT / "edgeml-os-1.0.0.debian.json"
-
-
-def _fact(report: dict, name: str):
-    for play in reversed(report["plays"]):
-        for task in reversed(play["tasks"]):
-            for result in task["hosts"].values():
-                if name in result.get("ansible_facts", {}):
-                    return result["ansible_facts"][name]
-    raise AssertionError(f"no task set {name}")
 
 
 def _sha256(path: Path) -> str:
@@ -54,7 +45,7 @@ def debian_image(model_bundles) -> dict:
     """Build (or find up to date) the debian image; the build skips when inputs are unchanged."""
     started = time.monotonic()
     report = run_playbook("build_image.yml")
-    result = _fact(report, "os_image_result")
+    result = playbook_fact(report, "os_image_result")
     result["playbook_seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -82,7 +73,7 @@ def test_debian_image_is_built(debian_image):
 
 def test_debian_image_second_build_changes_nothing(debian_image):
     report = run_playbook("build_image.yml")
-    again = _fact(report, "os_image_result")
+    again = playbook_fact(report, "os_image_result")
     assert again["changed"] is False
     assert again["artifacts"] == debian_image["artifacts"]
     changed = [
@@ -97,7 +88,7 @@ def test_debian_image_second_build_changes_nothing(debian_image):
 
 def test_boot_test_serves_the_model(debian_image):
     report = run_playbook("boot_test.yml")
-    result = _fact(report, "boot_test_result")
+    result = playbook_fact(report, "boot_test_result")
     assert result["unit_state"] == "active"
     assert result["infer_outputs"] == ["label", "probabilities"]
     assert result["clean_poweroff"] is True
