@@ -4,8 +4,11 @@
 set -eu
 
 need=""
-for cmd in podman debootstrap ssh rsync git shellcheck wrk qemu-system-x86_64 qemu-img mkfs.ext4; do
-  command -v "$cmd" >/dev/null 2>&1 || need="$need $cmd"
+# netavark drives iptables (Debian 12) or nft (Debian 13) for published ports; some
+# minimal machines have neither, and then every container start fails.
+for cmd in podman iptables nft debootstrap ssh rsync git shellcheck wrk qemu-system-x86_64 qemu-img mkfs.ext4; do
+  # sbin is not on a normal user's PATH on Debian: look there too.
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || need="$need $cmd"
 done
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv"
 [ -z "$need" ] && exit 0
@@ -18,13 +21,13 @@ if command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends \
-    podman runc crun netavark aardvark-dns uidmap slirp4netns fuse-overlayfs \
+    podman runc crun netavark aardvark-dns iptables nftables uidmap slirp4netns fuse-overlayfs \
     debootstrap debian-archive-keyring openssh-client rsync git ca-certificates shellcheck wrk \
     qemu-system-x86 qemu-utils e2fsprogs \
     python3-venv
 elif command -v dnf >/dev/null 2>&1; then
   # debootstrap comes from EPEL on RHEL; Fedora has it in the main repositories.
-  $SUDO dnf install -y podman runc crun netavark aardvark-dns debootstrap \
+  $SUDO dnf install -y podman runc crun netavark aardvark-dns iptables-nft nftables debootstrap \
     openssh-clients rsync git python3 ca-certificates ShellCheck wrk qemu-kvm-core qemu-img e2fsprogs
 else
   echo "No apt-get or dnf here: install podman, debootstrap, openssh client, rsync, git and python3-venv by hand." >&2
