@@ -20,7 +20,7 @@ export PATH := $(BIN):$(PATH)
 # Podman needs the project's containers.conf only on some kernels; the probe says when.
 export CONTAINERS_CONF := $(shell roles/lab/files/podman-conf-probe.sh)
 
-.PHONY: help setup demo test lint sanity unit server-test molecule integration e2e lab-up lab-down provision \
+.PHONY: help setup demo test shared-artifacts lint sanity unit server-test molecule integration e2e lab-up lab-down provision \
         survey models server-image deploy-demo bench-server bench-rollout build clean \
         vm-image vm-boot-test vm-molecule vm-test
 
@@ -47,7 +47,15 @@ $(COLLECTION_LINK):
 
 demo: setup lab-up survey provision models server-image deploy-demo ## The whole story on the lab fleet
 
-test: setup lint sanity unit server-test molecule integration e2e ## Run the whole suite
+# The VM layer runs beside the container layers, e2e last and alone: see the script.
+test: setup shared-artifacts ## Run the whole suite (containers, VMs, end to end)
+	MAKE="$(MAKE)" scripts/run-test-suite.sh
+
+# What the VM layer and the container layers both use, made once before they run side by
+# side: the example bundles, the lab's Debian 13 base and the model server image.
+shared-artifacts: models
+	ansible-playbook playbooks/lab_images.yml -e lab_debian_suite=trixie
+	ansible-playbook playbooks/build_server_image.yml
 
 # --- lab ---------------------------------------------------------------------------
 
@@ -120,7 +128,7 @@ molecule: setup ## Molecule scenario of edge_host on Debian 12 and 13
 e2e: lab-up ## End-to-end rollout scenarios on the lab fleet
 	$(PYTEST) -m lab tests/e2e
 
-# --- OS images and VMs (qemu under TCG; not part of `make test`: see docs/os_image.md) ---
+# --- OS images and VMs (qemu under TCG; see docs/os_image.md) ---
 
 vm-image: setup models ## Build the debian OS image (raw, qcow2, kernel, initrd)
 	ansible-playbook playbooks/build_image.yml
@@ -128,10 +136,10 @@ vm-image: setup models ## Build the debian OS image (raw, qcow2, kernel, initrd)
 vm-boot-test: vm-image ## Boot the OS image in qemu (TCG) and check it serves
 	ansible-playbook playbooks/boot_test.yml
 
-vm-molecule: vm-image ## edge_host and a model deployment in one VM (about 10 min)
+vm-molecule: vm-image ## edge_host and a model deployment in one VM (about 7 min)
 	molecule test -s vm
 
-vm-test: setup models ## VM layer tests: image build, boot test, Molecule in a VM (about 14 min)
+vm-test: setup models ## VM layer tests: image build, boot test, Molecule in a VM (about 12 min)
 	$(PYTEST) -m vm tests/vm
 
 # --- benchmarks (not tests) -------------------------------------------------------------
