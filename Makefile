@@ -140,7 +140,7 @@ vm-molecule: vm-image ## edge_host and a model deployment in one VM (about 7 min
 	molecule test -s vm
 
 vm-test: setup models ## VM layer tests: image build, boot test, Molecule in a VM (about 12 min)
-	$(PYTEST) -m vm tests/vm
+	EDGEML_VM_REQUIRED=1 $(PYTEST) -m vm tests/vm
 
 # --- benchmarks (not tests) -------------------------------------------------------------
 

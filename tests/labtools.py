@@ -35,13 +35,35 @@ def run_playbook(playbook: str, *args: str, check: bool = True) -> dict:
         env=env,
         check=False,
     )
+    try:
+        report = json.loads(result.stdout[result.stdout.index("{") :])
+    except ValueError:
+        report = None
     if check and result.returncode != 0:
-        raise AssertionError(
-            f"{playbook} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
-        )
-    report = json.loads(result.stdout[result.stdout.index("{") :])
+        # The report's tail is cleanup tasks: name the tasks that failed, with their output.
+        failures = failed_tasks(report) if report else result.stdout[-4000:]
+        raise AssertionError(f"{playbook} failed ({result.returncode}):\n{failures}\n{result.stderr[-2000:]}")
+    if report is None:
+        raise AssertionError(f"{playbook} printed no JSON report:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
     report["returncode"] = result.returncode
     return report
+
+
+def failed_tasks(report: dict) -> str:
+    """Each failed or unreachable task result of a JSON report: task, host, message and output tails."""
+    lines = []
+    for play in report["plays"]:
+        for task in play["tasks"]:
+            for host, result in task["hosts"].items():
+                if not (result.get("failed") or result.get("unreachable")):
+                    continue
+                items = [r for r in result.get("results", []) if r.get("failed")] or [result]
+                for item in items:
+                    lines.append(f"TASK {task['task']['name']} on {host}: {item.get('msg', '')}")
+                    for stream in ("stderr", "stdout"):
+                        if item.get(stream):
+                            lines.append(f"  {stream}: {item[stream][-1500:]}")
+    return "\n".join(lines) or "(no failed task in the report)"
 
 
 def podman(*args: str) -> str:
