@@ -48,11 +48,12 @@ $(COLLECTION_LINK):
 demo: setup lab-up survey provision models server-image deploy-demo ## The whole story on the lab fleet
 
 # The VM layer runs beside the container layers, e2e last and alone: see the script.
-test: setup shared-artifacts ## Run the whole suite (containers, VMs, end to end)
+test: setup ## Run the whole suite (containers, VMs, end to end; scripts/run-test-suite.sh)
 	MAKE="$(MAKE)" scripts/run-test-suite.sh
 
-# What the VM layer and the container layers both use, made once before they run side by
-# side: the example bundles, the lab's Debian 13 base and the model server image.
+# What the VM layer and the container layers' Molecule and integration tests both use,
+# made once (first in the suite's artifact lane) so that they never build it at the same
+# time: the example bundles, the lab's Debian 13 base and the model server image.
 shared-artifacts: models
 	ansible-playbook playbooks/lab_images.yml -e lab_debian_suite=trixie
 	ansible-playbook playbooks/build_server_image.yml
