@@ -204,7 +204,10 @@ options:
             type: int
             default: 30
           p95_ms:
-            description: Budget for the 95th percentile in milliseconds. Unset, latency is measured and reported only.
+            description:
+              - Budget for the 95th percentile in milliseconds. Unset, latency is measured and reported only.
+              - The gate stops as soon as enough requests were over the budget that the p95 cannot be within it
+                (2 of 20, 2 of 30), so a slow version serves few gate requests.
             type: float
       error_rate:
         description:

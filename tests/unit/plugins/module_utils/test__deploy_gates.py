@@ -99,10 +99,14 @@ def test_smoke_expected_source_without_ground_truth_fails(server):
 
 
 def test_latency_budget(server):
-    over = gates(server, "1", latency_requests=10, latency_p95_ms=0.001).latency()
-    assert not over.passed and over.measured["requests"] == 10 and "over the budget" in over.detail
+    # The nearest-rank p95 of 20 is the 19th value: over the budget once 2 requests were.
+    over = gates(server, "1", latency_requests=20, latency_p95_ms=0.001).latency()
+    assert not over.passed and over.measured["requests"] == 2 and over.measured["over_budget"] == 2
+    assert "stopped after 2 of 20 requests" in over.detail and "over the budget of 0.001 ms" in over.detail
+    # The p95 of 10 is the slowest: the first request over the budget decides.
+    assert gates(server, "1", latency_requests=10, latency_p95_ms=0.001).latency().measured["requests"] == 1
     within = gates(server, "1", latency_requests=10, latency_p95_ms=60000).latency()
-    assert within.passed and within.measured["p95_ms"] <= 60000
+    assert within.passed and within.measured["requests"] == 10 and within.measured["p95_ms"] <= 60000
     measured_only = gates(server, "1", latency_requests=3).latency()
     assert measured_only.passed and "measured only" in measured_only.detail
 
