@@ -47,7 +47,7 @@ N_SAMPLES = 8
 # MatMuls with a SLOW_WIDTH x SLOW_WIDTH weight (shared, so the file stays small).
 SLOW_ROWS = 1024
 SLOW_WIDTH = 512
-SLOW_LAYERS = 64
+SLOW_LAYERS = 192
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -14,13 +14,15 @@ from labtools import BIN, LAB_INVENTORY, ROOT, podman, run_playbook
 
 MODEL = "digits"
 # Small gates keep each scenario short; the shapes and thresholds are what is tested.
-# The latency budget sits between the good models (well under 1 ms of compute, tens of ms
-# of HTTP on a loaded 2-core machine, up to ~170 ms p95 with four hosts gating at once) and
-# 4.0.0 (about 400 ms of compute per request).
+# The latency budget sits between the good models and 4.0.0, with room on both sides for
+# a busy machine (make test runs the VM layer and Molecule beside these scenarios). Good
+# models: well under 1 ms of compute; measured p95 10-63 ms alone, up to 265 ms while a
+# TCG VM and Molecule shared the 2 cores. 4.0.0: about 1.3 s of compute per request alone
+# (192 MatMuls; with 64 it measured p95 611 ms alone and 1,012 ms with the VM beside it).
 GATES = {
     "readiness_timeout": 90,
     "smoke": {"enabled": True, "min_pass_ratio": 1.0},
-    "latency": {"requests": 20, "p95_ms": 250},
+    "latency": {"requests": 20, "p95_ms": 500},
     "error_rate": {"soak_seconds": 2, "max_ratio": 0.0},
 }
 DEPLOY_SETTINGS = {"model_deployment_registry_tls_verify": False, "model_deployment_gates": GATES}
