@@ -140,7 +140,7 @@ vm-boot-test: vm-image ## Boot the OS image in qemu (TCG) and check it serves
 vm-molecule: vm-image ## edge_host and a model deployment in one VM (about 7 min)
 	molecule test -s vm
 
-vm-test: setup models ## VM layer tests: image build, boot test, Molecule in a VM (about 12 min)
+vm-test: setup models ## VM layer tests: image build, then one VM: boot test and Molecule (about 12 min)
 	EDGEML_VM_REQUIRED=1 $(PYTEST) -m vm tests/vm
 
 # --- benchmarks (not tests) -------------------------------------------------------------
