@@ -47,7 +47,7 @@ $(COLLECTION_LINK):
 
 demo: setup lab-up survey provision models server-image deploy-demo ## The whole story on the lab fleet
 
-# The VM layer runs beside the container layers, e2e last and alone: see the script.
+# Three lanes side by side (foreground, vm, molecule): see the script.
 test: setup ## Run the whole suite (containers, VMs, end to end; scripts/run-test-suite.sh)
 	MAKE="$(MAKE)" scripts/run-test-suite.sh
 
