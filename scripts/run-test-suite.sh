@@ -105,7 +105,7 @@ finish_lane() {
   local name=$1 status
   say "waiting for the $name lane"
   wait "${lane_pid[$name]}" || true
-  status=$(lane_status "$1")
+  status=$(lane_status "$name")
   [ "$status" = 0 ] || fail "$status" "$name" "" "the $name lane failed"
   print_lane "$name"
   say "$name lane passed"
