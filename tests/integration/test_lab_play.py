@@ -102,7 +102,9 @@ def test_lab_up_brings_back_a_lab_whose_processes_were_killed(second_lab):
     """
     names = [f"{TEST_LAB}-registry", f"{TEST_LAB}-edge-1"]
     states = [c["State"] for c in json.loads(podman("inspect", "--type", "container", *names))]
-    for pid in [s[key] for s in states for key in ("ConmonPid", "Pid")]:
+    # aardvark-dns too: it answers the lab network's names, and a sandbox's end kills it.
+    aardvark = subprocess.run(["pgrep", "-x", "aardvark-dns"], capture_output=True, text=True, check=False)
+    for pid in [s[key] for s in states for key in ("ConmonPid", "Pid")] + [int(p) for p in aardvark.stdout.split()]:
         os.kill(pid, signal.SIGKILL)
     dead = json.loads(podman("inspect", "--type", "container", *names))
     assert all(c["State"]["Running"] for c in dead), "podman noticed the kill: this test no longer shows anything"
@@ -111,6 +113,10 @@ def test_lab_up_brings_back_a_lab_whose_processes_were_killed(second_lab):
 
     assert report["stats"]["localhost"]["changed"] > 0
     assert _registry_status(TEST_LAB_REGISTRY_PORT) == 200
+    # The hosts find the registry by name, as they do to pull images.
+    address = podman("exec", f"{TEST_LAB}-edge-1", "getent", "hosts", f"{TEST_LAB}-registry").split()[0]
+    registry = json.loads(podman("inspect", "--type", "container", f"{TEST_LAB}-registry"))[0]
+    assert address == registry["NetworkSettings"]["Networks"][TEST_LAB]["IPAddress"]
     ping = _ping(second_lab.inventory)
     assert ping.returncode == 0 and "edge-1 | SUCCESS" in ping.stdout, ping.stdout + ping.stderr
     assert json.loads(podman("inspect", "--format", "json", "edgeml-lab-edge-1"))[0]["State"]["Running"]

@@ -16,10 +16,15 @@ dead, so it is safe beside containers that are alive:
    for good, waiting for that file);
 2. every netavark forward whose destination address no running container holds is
    removed, with the jump to it when no living forward is left on that port.
+3. when no container is alive at all (nothing then owns it), the rest of what a reboot
+   clears: netavark's iptables chains, aardvark-dns's records (they would answer with dead
+   addresses, or listen on a gateway the network no longer has) and its process, podman's
+   bridges and the containers' network namespaces.
 Only netavark's iptables driver is handled (netavark 1.x as Debian 12 and 13 ship it);
 a machine without iptables or without podman has nothing to clear.
 
-Prints a JSON report: {"changed": bool, "stopped": [names], "removed_rules": [rules]}.
+Prints a JSON report: {"changed": bool, "stopped": [names], "removed_rules": [rules],
+"reset_network": [what was cleared]} (the last only when no container is alive).
 With --check it reports what it would do and does nothing.
 """
 
@@ -107,6 +112,53 @@ def orphan_forwards(rules: list[str], live_addresses: set[str]) -> list[str]:
     return orphaned
 
 
+def network_leftovers(run_dir: Path = Path("/run")) -> list[str]:
+    """What netavark and podman leave of containers once none is alive, as strings to report."""
+    found = []
+    if shutil.which("iptables"):
+        for table in ("nat", "filter"):
+            rules = run("iptables", "-t", table, "-S").splitlines()
+            found += [f"iptables -t {table} {rule}" for rule in rules if "NETAVARK" in rule]
+    dns = run_dir / "containers" / "networks" / "aardvark-dns"
+    found += [str(path) for path in sorted(dns.glob("*")) if path.is_file() and not path.name.endswith(".lock")]
+    found += [str(path) for path in sorted((run_dir / "netns").glob("netns-*"))]
+    found += [f"link {name}" for name in _podman_bridges()]
+    return found
+
+
+def _running(process_name: str) -> bool:
+    """Whether a process of that name runs (another podman may be setting a network up)."""
+    return subprocess.run(["pgrep", "-x", process_name], capture_output=True, check=False).returncode == 0
+
+
+def _podman_bridges() -> list[str]:
+    links = json.loads(run("ip", "-json", "link", "show", "type", "bridge") or "[]")
+    return [link["ifname"] for link in links if re.fullmatch(r"podman\d+", link["ifname"])]
+
+
+def reset_network(leftovers: list[str]) -> None:
+    subprocess.run(["pkill", "-x", "aardvark-dns"], check=False)
+    for item in leftovers:
+        if item.startswith("iptables ") and " -A " in item:
+            table, rule = item.split()[2], item.split(" ", 3)[3]
+            subprocess.run(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]], check=True)
+        elif item.startswith("link "):
+            subprocess.run(["ip", "link", "delete", item.split()[1]], check=True)
+        elif "/netns/" in item:
+            subprocess.run(["ip", "netns", "delete", Path(item).name], check=True)
+        elif not item.startswith("iptables "):
+            Path(item).unlink(missing_ok=True)
+    # Chains last, once nothing jumps to them.
+    for item in leftovers:
+        if item.startswith("iptables ") and " -N " in item:
+            table, chain = item.split()[2], item.split()[4]
+            subprocess.run(["iptables", "-t", table, "-F", chain], check=True)
+    for item in leftovers:
+        if item.startswith("iptables ") and " -N " in item:
+            table, chain = item.split()[2], item.split()[4]
+            subprocess.run(["iptables", "-t", table, "-X", chain], check=True)
+
+
 def _chain(rule: str) -> str:
     parts = rule.split()
     return parts[1] if len(parts) > 1 and parts[0] == "-A" else ""
@@ -159,7 +211,12 @@ def main() -> int:
                 subprocess.run(["iptables", "-t", "nat", "-D", *shlex.split(rule)[1:]], check=True)
             report["removed_rules"].append(rule)
 
-    report["changed"] = bool(report["stopped"] or report["removed_rules"])
+    if not [c for c in live if not is_dead(c)] and not _running("conmon") and not _running("podman"):
+        report["reset_network"] = network_leftovers()
+        if report["reset_network"] and not check:
+            reset_network(report["reset_network"])
+
+    report["changed"] = bool(report["stopped"] or report["removed_rules"] or report.get("reset_network"))
     print(json.dumps(report))
     return 0
 
