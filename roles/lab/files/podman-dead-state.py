@@ -185,6 +185,7 @@ def main() -> int:
 
     live = podman_live()
     dead = [c for c in live if is_dead(c)]
+    alive = [c for c in live if not is_dead(c)]
     exits = podman_tmp_dir() / "exits" if dead else None
     for container in dead:
         name = container["Name"].lstrip("/")
@@ -204,14 +205,16 @@ def main() -> int:
         report["stopped"].append(name)
 
     if shutil.which("iptables"):
-        live_addresses = set().union(*(addresses(c) for c in live if not is_dead(c)))
+        # A container started after `alive` was read would lose its forwards: the lab role
+        # runs this before it starts anything, and the suite's other lanes publish no ports.
+        live_addresses = set().union(*(addresses(c) for c in alive))
         rules = run("iptables", "-t", "nat", "-S").splitlines()
         for rule in orphan_forwards(rules, live_addresses):
             if not check:
                 subprocess.run(["iptables", "-t", "nat", "-D", *shlex.split(rule)[1:]], check=True)
             report["removed_rules"].append(rule)
 
-    if not [c for c in live if not is_dead(c)] and not _running("conmon") and not _running("podman"):
+    if not alive and not _running("conmon") and not _running("podman"):
         report["reset_network"] = network_leftovers()
         if report["reset_network"] and not check:
             reset_network(report["reset_network"])
