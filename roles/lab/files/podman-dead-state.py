@@ -72,9 +72,19 @@ def podman_tmp_dir() -> Path:
 
 
 def is_dead(container: dict, proc: Path = Path("/proc")) -> bool:
-    """Podman says running, but its conmon (the process that would record the exit) is gone."""
+    """Podman says running, but its conmon (the process that would record the exit) is gone.
+
+    A killed conmon stays a zombie until PID 1 reaps it (seen here for about 1.5 s): that is
+    dead too.
+    """
     conmon_pid = container["State"].get("ConmonPid") or 0
-    return conmon_pid <= 0 or not (proc / str(conmon_pid)).exists()
+    if conmon_pid <= 0:
+        return True
+    try:
+        stat = (proc / str(conmon_pid) / "stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def addresses(container: dict) -> set[str]:

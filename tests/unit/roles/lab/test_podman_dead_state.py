@@ -65,10 +65,13 @@ def test_ipv6_destinations_are_read():
     assert dead_state.orphan_forwards([rule], live_addresses=set()) == [rule]
 
 
-def test_a_container_is_dead_when_its_conmon_is_gone(tmp_path):
-    (tmp_path / "4242").mkdir()
+def test_a_container_is_dead_when_its_conmon_is_gone_or_a_zombie(tmp_path):
+    for pid, state in ((4242, "S"), (4343, "Z")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (conmon) {state} 1 {pid} {pid} 0 -1 4194560 151 0 0\n")
     assert not dead_state.is_dead({"State": {"ConmonPid": 4242}}, proc=tmp_path)
-    assert dead_state.is_dead({"State": {"ConmonPid": 4343}}, proc=tmp_path)
+    assert dead_state.is_dead({"State": {"ConmonPid": 4343}}, proc=tmp_path), "a zombie conmon is dead"
+    assert dead_state.is_dead({"State": {"ConmonPid": 4444}}, proc=tmp_path), "no such process"
     assert dead_state.is_dead({"State": {"ConmonPid": 0}}, proc=tmp_path)
 
 
