@@ -70,13 +70,14 @@ def second_lab(tmp_path_factory):
     run_playbook("lab_down.yml", *extra, check=False)
 
 
-def _ping(inventory: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def _assert_edge_1_answers(inventory: Path) -> None:
+    ping = subprocess.run(
         [BIN / "ansible", "-i", inventory, "all", "-m", "ping", "-o"],
         capture_output=True,
         text=True,
         check=False,
     )
+    assert ping.returncode == 0 and "edge-1 | SUCCESS" in ping.stdout, ping.stdout + ping.stderr
 
 
 def _registry_status(port: int) -> int:
@@ -89,8 +90,7 @@ def test_lab_up_makes_a_reachable_lab(second_lab):
     assert sorted(made["containers"]) == [f"{TEST_LAB}-edge-1", f"{TEST_LAB}-registry"]
     assert sorted(made["volumes"]) == sorted([f"{TEST_LAB}-registry-data", f"{TEST_LAB}-edge-1-storage"])
     assert made["networks"] == [TEST_LAB]
-    ping = _ping(second_lab.inventory)
-    assert ping.returncode == 0 and "edge-1 | SUCCESS" in ping.stdout, ping.stdout + ping.stderr
+    _assert_edge_1_answers(second_lab.inventory)
 
 
 def test_lab_up_brings_back_a_lab_whose_processes_were_killed(second_lab):
@@ -117,8 +117,7 @@ def test_lab_up_brings_back_a_lab_whose_processes_were_killed(second_lab):
     address = podman("exec", f"{TEST_LAB}-edge-1", "getent", "hosts", f"{TEST_LAB}-registry").split()[0]
     registry = json.loads(podman("inspect", "--type", "container", f"{TEST_LAB}-registry"))[0]
     assert address == registry["NetworkSettings"]["Networks"][TEST_LAB]["IPAddress"]
-    ping = _ping(second_lab.inventory)
-    assert ping.returncode == 0 and "edge-1 | SUCCESS" in ping.stdout, ping.stdout + ping.stderr
+    _assert_edge_1_answers(second_lab.inventory)
     assert json.loads(podman("inspect", "--format", "json", "edgeml-lab-edge-1"))[0]["State"]["Running"]
 
 

@@ -122,18 +122,41 @@ def orphan_forwards(rules: list[str], live_addresses: set[str]) -> list[str]:
     return orphaned
 
 
-def network_leftovers(run_dir: Path = Path("/run")) -> list[str]:
-    """What netavark and podman leave of containers once none is alive, as strings to report."""
-    found = []
+# What to report of a leftover, and the commands that clear it.
+Leftover = tuple[str, list[list[str]]]
+
+
+def network_leftovers(run_dir: Path = Path("/run")) -> list[Leftover]:
+    """What netavark and podman leave of containers once none is alive, in clearing order."""
+    rules: list[Leftover] = []
+    chains: list[Leftover] = []
     if shutil.which("iptables"):
         for table in ("nat", "filter"):
-            rules = run("iptables", "-t", table, "-S").splitlines()
-            found += [f"iptables -t {table} {rule}" for rule in rules if "NETAVARK" in rule]
+            for rule in run("iptables", "-t", table, "-S").splitlines():
+                if "NETAVARK" not in rule:
+                    continue
+                what = f"iptables -t {table} {rule}"
+                option, name = rule.split()[:2]
+                if option == "-A":
+                    rules.append((what, [delete_rule(table, rule)]))
+                elif option == "-N":
+                    chains.append((what, [["iptables", "-t", table, flag, name] for flag in ("-F", "-X")]))
     dns = run_dir / "containers" / "networks" / "aardvark-dns"
-    found += [str(path) for path in sorted(dns.glob("*")) if path.is_file() and not path.name.endswith(".lock")]
-    found += [str(path) for path in sorted((run_dir / "netns").glob("netns-*"))]
-    found += [f"link {name}" for name in _podman_bridges()]
-    return found
+    files = [p for p in sorted(dns.glob("*")) if p.is_file() and not p.name.endswith(".lock")]
+    namespaces = sorted((run_dir / "netns").glob("netns-*"))
+    return [
+        *rules,
+        *[(str(path), [["rm", "-f", str(path)]]) for path in files],
+        *[(str(path), [["ip", "netns", "delete", path.name]]) for path in namespaces],
+        *[(f"link {name}", [["ip", "link", "delete", name]]) for name in _podman_bridges()],
+        # Chains last: iptables deletes a chain only once no rule jumps to it.
+        *chains,
+    ]
+
+
+def delete_rule(table: str, rule: str) -> list[str]:
+    """The iptables command that deletes an `-A CHAIN ...` line of ``iptables -S``."""
+    return ["iptables", "-t", table, "-D", *shlex.split(rule)[1:]]
 
 
 def _running(process_name: str) -> bool:
@@ -146,27 +169,11 @@ def _podman_bridges() -> list[str]:
     return [link["ifname"] for link in links if re.fullmatch(r"podman\d+", link["ifname"])]
 
 
-def reset_network(leftovers: list[str]) -> None:
+def reset_network(leftovers: list[Leftover]) -> None:
     subprocess.run(["pkill", "-x", "aardvark-dns"], check=False)
-    for item in leftovers:
-        if item.startswith("iptables ") and " -A " in item:
-            table, rule = item.split()[2], item.split(" ", 3)[3]
-            subprocess.run(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]], check=True)
-        elif item.startswith("link "):
-            subprocess.run(["ip", "link", "delete", item.split()[1]], check=True)
-        elif "/netns/" in item:
-            subprocess.run(["ip", "netns", "delete", Path(item).name], check=True)
-        elif not item.startswith("iptables "):
-            Path(item).unlink(missing_ok=True)
-    # Chains last, once nothing jumps to them.
-    for item in leftovers:
-        if item.startswith("iptables ") and " -N " in item:
-            table, chain = item.split()[2], item.split()[4]
-            subprocess.run(["iptables", "-t", table, "-F", chain], check=True)
-    for item in leftovers:
-        if item.startswith("iptables ") and " -N " in item:
-            table, chain = item.split()[2], item.split()[4]
-            subprocess.run(["iptables", "-t", table, "-X", chain], check=True)
+    for _, commands in leftovers:
+        for argv in commands:
+            subprocess.run(argv, check=True)
 
 
 def _chain(rule: str) -> str:
@@ -193,9 +200,10 @@ def main() -> int:
         print(json.dumps(report))
         return 0
 
-    live = podman_live()
-    dead = [c for c in live if is_dead(c)]
-    alive = [c for c in live if not is_dead(c)]
+    dead: list[dict] = []
+    alive: list[dict] = []
+    for container in podman_live():
+        (dead if is_dead(container) else alive).append(container)
     exits = podman_tmp_dir() / "exits" if dead else None
     for container in dead:
         name = container["Name"].lstrip("/")
@@ -221,13 +229,14 @@ def main() -> int:
         rules = run("iptables", "-t", "nat", "-S").splitlines()
         for rule in orphan_forwards(rules, live_addresses):
             if not check:
-                subprocess.run(["iptables", "-t", "nat", "-D", *shlex.split(rule)[1:]], check=True)
+                subprocess.run(delete_rule("nat", rule), check=True)
             report["removed_rules"].append(rule)
 
     if not alive and not _running("conmon") and not _running("podman"):
-        report["reset_network"] = network_leftovers()
-        if report["reset_network"] and not check:
-            reset_network(report["reset_network"])
+        leftovers = network_leftovers()
+        report["reset_network"] = [what for what, _ in leftovers]
+        if leftovers and not check:
+            reset_network(leftovers)
 
     report["changed"] = bool(report["stopped"] or report["removed_rules"] or report.get("reset_network"))
     print(json.dumps(report))
