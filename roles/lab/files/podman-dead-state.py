@@ -171,7 +171,7 @@ def _podman_bridges() -> list[str]:
 
 def reset_network(leftovers: list[Leftover]) -> None:
     subprocess.run(["pkill", "-x", "aardvark-dns"], check=False)
-    for _, commands in leftovers:
+    for _what, commands in leftovers:
         for argv in commands:
             subprocess.run(argv, check=True)
 
@@ -234,7 +234,7 @@ def main() -> int:
 
     if not alive and not _running("conmon") and not _running("podman"):
         leftovers = network_leftovers()
-        report["reset_network"] = [what for what, _ in leftovers]
+        report["reset_network"] = [what for what, _commands in leftovers]
         if leftovers and not check:
             reset_network(leftovers)
 
