@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from . import __version__
+from .bundle import LoadedModel
 from .codec import RequestError, decode_request, encode_response, split_body
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -36,11 +37,21 @@ def _json(status: int, doc: Any, headers: list[tuple[str, str]] | None = None) -
 
 
 class Service:
-    def __init__(self, manager: ModelManager, metrics: Metrics, max_body_bytes: int) -> None:
+    """The Open Inference Protocol for one model.
+
+    With ``staged_versions`` (the admin listener's instance only), a path naming a
+    version (``/v2/models/NAME/versions/V/...``) reaches the staged candidate or the
+    standby of that version, so a deployer can judge a version no public client sees.
+    """
+
+    def __init__(
+        self, manager: ModelManager, metrics: Metrics, max_body_bytes: int, *, staged_versions: bool = False
+    ) -> None:
         self.manager = manager
         self.metrics = metrics
         self.name = manager.name
         self.max_body_bytes = max_body_bytes
+        self.staged_versions = staged_versions
 
     # --- helpers ------------------------------------------------------------------
     def error(
@@ -134,14 +145,33 @@ class Service:
                     404, "unknown_model", f"unknown model {name!r}; this server serves {self.name!r}", UNKNOWN
                 ),
             )
+        label = self._version_label(version)
         if method not in ("GET", "HEAD"):
-            return (
-                endpoint,
-                self.name,
-                self._served_version(),
-                self._method_not_allowed(method, "GET", self.name),
-            )
-        return endpoint, self.name, self._served_version(), fn(version)
+            return endpoint, self.name, label, self._method_not_allowed(method, "GET", self.name)
+        return endpoint, self.name, label, fn(version)
+
+    def _named(self, version: str | None) -> LoadedModel | None:
+        """The model a request names: current, or (admin listener) the staged one of VERSION.
+
+        Falls back to current when nothing matches, so the caller reports the mismatch.
+        """
+        cur = self.manager.current
+        if version is None or not self.staged_versions or (cur is not None and cur.version == version):
+            return cur
+        return self.manager.staged(version) or cur
+
+    def _version_label(self, version: str | None) -> str:
+        m = self._named(version)
+        return m.version if m else ""
+
+    def _acquire(self, version: str | None) -> LoadedModel | None:
+        if version is not None and self.staged_versions:
+            cur = self.manager.current
+            if cur is None or cur.version != version:
+                staged = self.manager.acquire_staged(version)
+                if staged is not None:
+                    return staged
+        return self.manager.acquire()
 
     # --- health and metadata ----------------------------------------------------------
     def _server_ready(self) -> Response:
@@ -158,7 +188,7 @@ class Service:
         return f"model {self.name!r} version {version!r} is not loaded (serving {serving!r})"
 
     def _metadata(self, version: str | None) -> Response:
-        cur = self.manager.current
+        cur = self._named(version)
         if cur is None:
             return self.error(503, "not_ready", self._not_ready(), self.name)
         if version is not None and version != cur.version:
@@ -166,7 +196,7 @@ class Service:
         return _json(200, cur.metadata())
 
     def _model_ready(self, version: str | None) -> Response:
-        cur = self.manager.current
+        cur = self._named(version)
         if cur is None:
             return _json(503, {"name": self.name, "ready": False, "error": self._not_ready()})
         if version is not None and version != cur.version:
@@ -199,7 +229,7 @@ class Service:
                 self._served_version(),
                 self._method_not_allowed(method, "POST", self.name),
             )
-        model = self.manager.acquire()
+        model = self._acquire(version)
         if model is None:
             return "infer", self.name, "", self.error(503, "not_ready", self._not_ready(), self.name)
         try:
@@ -335,23 +365,67 @@ class PublicASGI:
 
 ADMIN_MAX_BODY = 64 * 1024
 
+# Repository actions under /v2/repository/models/NAME/: the KServe/Triton ones (load,
+# unload, status) and the staged deployment (stage .. commit).
+REPOSITORY_ACTIONS = ("load", "unload", "status", "stage", "promote", "revert", "commit", "unstage")
+
+
+class PublicControl(Protocol):
+    """Opens and closes the public listener on request (implemented in server.py)."""
+
+    async def open(self) -> tuple[int, dict[str, Any]]: ...
+
+    async def close(self) -> tuple[int, dict[str, Any]]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _method(method: str, allowed: str) -> Response | None:
+    """A 405 unless METHOD is ALLOWED."""
+    if method == allowed:
+        return None
+    return _json(405, {"error": f"use {allowed}"}, [("allow", allowed)])
+
+
+def _version_param(body: bytes) -> tuple[str | None, Response | None]:
+    """parameters.version from a JSON body (None when absent), or the 400 to answer."""
+    if not body.strip():
+        return None, None
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return None, _json(400, {"error": f"request body is not valid JSON: {exc}"})
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    if params is not None and not isinstance(params, dict):
+        return None, _json(400, {"error": "'parameters' must be an object"})
+    v = (params or {}).get("version")
+    if v is not None and not isinstance(v, str):
+        return None, _json(400, {"error": "parameters.version must be a string"})
+    return v, None
+
 
 class AdminASGI:
-    """Model repository extension on the loopback-only admin listener.
+    """Model repository extension and listener control on the loopback-only admin listener.
 
     With a ``public`` app, every other path (health, metadata, ready, infer, status,
     metrics) is served as on the public port, so a deployer can probe and gate this one
-    instance while two instances share the public port (SO_REUSEPORT).
+    instance while two instances share the public port (SO_REUSEPORT). That app's
+    Service should resolve staged versions (``staged_versions=True``): the public one
+    must not.
     """
 
-    def __init__(self, manager: ModelManager, public: PublicASGI | None = None) -> None:
+    def __init__(
+        self, manager: ModelManager, public: PublicASGI | None = None, listener: PublicControl | None = None
+    ) -> None:
         self.manager = manager
         self.public = public
+        self.listener = listener
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        if self.public is not None and not scope["path"].startswith("/v2/repository/"):
+        path = scope["path"]
+        if self.public is not None and not path.startswith(("/v2/repository/", "/admin/")):
             await self.public(scope, receive, send)
             return
         try:
@@ -362,67 +436,77 @@ class AdminASGI:
             await _send(send, _json(413, {"error": f"admin request body exceeds {ADMIN_MAX_BODY} bytes"}))
             return
         try:
-            resp = await self._route(scope["method"], scope["path"], body)
+            resp = await self._route(scope["method"], path, body)
         except Exception as exc:
             log.exception("unhandled admin error")
             resp = _json(500, {"error": f"internal error: {exc!r}"})
         await _send(send, resp)
 
-    async def _route(self, method: str, path: str, body: bytes) -> Response:  # noqa: PLR0911, PLR0912 - flat router
-        mgr = self.manager
+    async def _route(self, method: str, path: str, body: bytes) -> Response:
         parts = path.split("/")
         if path == "/v2/health/live":
-            return (
-                _json(200, {"live": True})
-                if method == "GET"
-                else _json(405, {"error": "use GET"}, [("allow", "GET")])
-            )
+            return _method(method, "GET") or _json(200, {"live": True})
         if path == "/v2/repository/index":
-            if method not in ("GET", "POST"):
-                return _json(405, {"error": "use POST or GET"}, [("allow", "GET, POST")])
-            cur = mgr.current
-            entry = {
-                "name": mgr.name,
-                "version": cur.version if cur else "",
-                "state": "READY" if cur else "UNAVAILABLE",
-                "reason": mgr.not_ready_reason or "",
-            }
-            return _json(200, [entry])
-        if (
-            len(parts) == 6
-            and parts[1:4] == ["v2", "repository", "models"]
-            and parts[5] in ("load", "unload", "status")
-        ):
-            name, action = parts[4], parts[5]
-            if name != mgr.name:
-                return _json(404, {"error": f"unknown model {name!r}; this server serves {mgr.name!r}"})
-            if action == "status":
-                if method != "GET":
-                    return _json(405, {"error": "use GET"}, [("allow", "GET")])
-                return _json(200, mgr.status())
-            if method != "POST":
-                return _json(405, {"error": "use POST"}, [("allow", "POST")])
-            if action == "unload":
-                return _json(
-                    400,
-                    {
-                        "error": "unload is not supported: the server always serves one version; "
-                        "load another version instead"
-                    },
-                )
-            version: str | None = None
-            if body.strip():
-                try:
-                    doc = json.loads(body)
-                except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                    return _json(400, {"error": f"request body is not valid JSON: {exc}"})
-                params = doc.get("parameters") if isinstance(doc, dict) else None
-                if params is not None and not isinstance(params, dict):
-                    return _json(400, {"error": "'parameters' must be an object"})
-                v = (params or {}).get("version")
-                if v is not None and not isinstance(v, str):
-                    return _json(400, {"error": "parameters.version must be a string"})
-                version = v
-            status, doc = await mgr.swap(version, "admin")
-            return _json(status, doc)
+            return self._index(method)
+        if len(parts) == 6 and parts[1:4] == ["v2", "repository", "models"] and parts[5] in REPOSITORY_ACTIONS:
+            return await self._repository(method, parts[4], parts[5], body)
+        if parts[1:3] == ["admin", "public"] and len(parts) <= 4 and self.listener is not None:
+            return await self._public(method, parts[3] if len(parts) == 4 else "")
         return _json(404, {"error": f"no such admin endpoint: {path}"})
+
+    def _index(self, method: str) -> Response:
+        if method not in ("GET", "POST"):
+            return _json(405, {"error": "use POST or GET"}, [("allow", "GET, POST")])
+        mgr = self.manager
+        cur = mgr.current
+        entry = {
+            "name": mgr.name,
+            "version": cur.version if cur else "",
+            "state": "READY" if cur else "UNAVAILABLE",
+            "reason": mgr.not_ready_reason or "",
+        }
+        return _json(200, [entry])
+
+    async def _repository(self, method: str, name: str, action: str, body: bytes) -> Response:  # noqa: PLR0911 - flat router
+        mgr = self.manager
+        if name != mgr.name:
+            return _json(404, {"error": f"unknown model {name!r}; this server serves {mgr.name!r}"})
+        if action == "status":
+            return _method(method, "GET") or _json(200, mgr.status())
+        refused = _method(method, "POST")
+        if refused is not None:
+            return refused
+        if action == "unload":
+            return _json(
+                400,
+                {
+                    "error": "unload is not supported: the server always serves one version; "
+                    "load another version instead"
+                },
+            )
+        if action in ("revert", "commit", "unstage"):
+            # Instant: no loading, no lock (a revert must not wait behind a slow load).
+            return _json(*getattr(mgr, action)())
+        version, bad = _version_param(body)
+        if bad is not None:
+            return bad
+        if action == "load":
+            return _json(*await mgr.swap(version, "admin"))
+        if version is None:
+            return _json(400, {"error": f"{action} needs {{\"parameters\": {{\"version\": \"V\"}}}}"})
+        if action == "stage":
+            return _json(*await mgr.stage(version))
+        return _json(*mgr.promote(version))
+
+    async def _public(self, method: str, action: str) -> Response:
+        assert self.listener is not None  # checked by the router
+        if action == "":
+            return _method(method, "GET") or _json(200, self.listener.describe())
+        if action not in ("open", "close"):
+            return _json(404, {"error": f"no such admin endpoint: /admin/public/{action}"})
+        refused = _method(method, "POST")
+        if refused is not None:
+            return refused
+        if action == "open":
+            return _json(*await self.listener.open())
+        return _json(*await self.listener.close())

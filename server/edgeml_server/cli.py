@@ -31,6 +31,7 @@ class Settings:
     intra_op_threads: int
     reuse_port: bool = False
     bind_when_ready: bool = False
+    public_hold: bool = False
     drain_seconds: float = 5.0
 
 
@@ -119,14 +120,35 @@ def build_parser() -> argparse.ArgumentParser:
         "admin port opens at once (env EDGEML_BIND_WHEN_READY=1)",
     )
     p.add_argument(
+        "--public-hold",
+        action="store_true",
+        default=_env_bool("EDGEML_PUBLIC_HOLD"),
+        help="load the model and open the admin port, but open the public port only when told to "
+        "(POST /admin/public/open on the admin port), so a deployer can judge this instance before "
+        "any public traffic reaches it; overrides --bind-when-ready (env EDGEML_PUBLIC_HOLD=1)",
+    )
+    p.add_argument(
         "--drain-seconds",
         type=float,
         default=float(_env("EDGEML_DRAIN_SECONDS", "5") or 5),
-        help="on SIGTERM, how long at most to let in-flight requests finish after the public "
-        "port closed (env EDGEML_DRAIN_SECONDS, default 5)",
+        help="on SIGTERM or POST /admin/public/close, how long at most to let in-flight requests "
+        "finish after the public port closed (env EDGEML_DRAIN_SECONDS, default 5)",
     )
     p.add_argument("--server-version", action="version", version=f"edgeml-server {__version__}")
     return p
+
+
+def _check_booleans(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    for flag, value in (
+        ("EDGEML_REUSE_PORT", a.reuse_port),
+        ("EDGEML_BIND_WHEN_READY", a.bind_when_ready),
+        ("EDGEML_PUBLIC_HOLD", a.public_hold),
+    ):
+        if not isinstance(value, bool):
+            p.error(f"{flag}={value!r} is not a boolean; use 1/true/yes/on or 0/false/no/off")
+    if a.public_hold and a.admin_port == 0:
+        # Only the admin listener can open a held public listener: it would never open.
+        p.error("--public-hold (EDGEML_PUBLIC_HOLD) needs the admin listener; --admin-port must not be 0")
 
 
 def parse(argv: list[str] | None = None) -> Settings:
@@ -150,9 +172,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         p.error("--max-body-bytes must be at least 1024")
     if not 1 <= a.intra_op_threads <= 256:
         p.error("--intra-op-threads must be 1..256")
-    for flag, value in (("EDGEML_REUSE_PORT", a.reuse_port), ("EDGEML_BIND_WHEN_READY", a.bind_when_ready)):
-        if not isinstance(value, bool):
-            p.error(f"{flag}={value!r} is not a boolean; use 1/true/yes/on or 0/false/no/off")
+    _check_booleans(p, a)
     if not 0 <= a.drain_seconds <= 3600:
         p.error("--drain-seconds must be 0..3600")
     return Settings(
@@ -167,6 +187,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         intra_op_threads=a.intra_op_threads,
         reuse_port=a.reuse_port,
         bind_when_ready=a.bind_when_ready,
+        public_hold=a.public_hold,
         drain_seconds=a.drain_seconds,
     )
 

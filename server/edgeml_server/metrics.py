@@ -88,7 +88,8 @@ class Metrics:
         self.latency = Histogram(
             "edgeml_request_duration_seconds",
             "Time from request body received to response built",
-            ["model", "endpoint"],
+            # version: a deployer reads the latency of ONE version from deltas after a switch.
+            ["model", "version", "endpoint"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -132,7 +133,7 @@ class Metrics:
         for result in ("success", "failure"):
             self.swaps.labels(model_name, result)
         self._req_children: dict[tuple[str, str, str, int], Any] = {}
-        self._lat_children: dict[tuple[str, str], Any] = {}
+        self._lat_children: dict[tuple[str, str, str], Any] = {}
         self._err_children: dict[tuple[str, str], Any] = {}
         self._info_labels: tuple[str, str, str] | None = None
 
@@ -143,10 +144,10 @@ class Metrics:
         if child is None:
             child = self._req_children[key] = self.requests.labels(model, version, endpoint, str(code))
         child.inc()
-        lkey = (model, endpoint)
+        lkey = (model, version, endpoint)
         lchild = self._lat_children.get(lkey)
         if lchild is None:
-            lchild = self._lat_children[lkey] = self.latency.labels(model, endpoint)
+            lchild = self._lat_children[lkey] = self.latency.labels(model, version, endpoint)
         lchild.observe(seconds)
 
     def error(self, model: str, kind: str) -> None:

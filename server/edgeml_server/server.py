@@ -6,6 +6,11 @@ readiness turns true only when the initial load's self-test has passed. With
 model is ready, so with ``--reuse-port`` a second instance on the same port takes public
 traffic only when it can answer it (blue/green on one host).
 
+With ``--public-hold`` the public listener opens only on ``POST /admin/public/open`` (admin
+listener), so a deployer judges a new instance before any public traffic reaches it;
+``POST /admin/public/close`` closes it again (draining, as below) while the process,
+its admin listener and its model stay up. Each opening is a fresh uvicorn server.
+
 SIGTERM drains: the public listener closes first (new connections go to the other
 instance sharing the port), in-flight requests finish and every response carries
 "Connection: close" for up to ``--drain-seconds``; then the admin listener stops and
@@ -22,6 +27,8 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
@@ -77,7 +84,20 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _wait_started(server: _Server, task: asyncio.Future[object]) -> bool:
+class ListenerStartError(Exception):
+    """The public listener could not start (uvicorn logged why)."""
+
+
+async def _serve(server: _Server, sockets: list[socket.socket] | None) -> None:
+    try:
+        await server.serve(sockets=sockets)
+    except SystemExit as exc:
+        # uvicorn exits this way when it cannot bind; inside a task a SystemExit would end
+        # the whole event loop, which an admin "open" must not do.
+        raise ListenerStartError(f"the public listener stopped at start (exit code {exc.code})") from None
+
+
+async def _wait_started(server: _Server, task: asyncio.Future[Any]) -> bool:
     while not server.started:
         if task.done():
             return False
@@ -85,11 +105,15 @@ async def _wait_started(server: _Server, task: asyncio.Future[object]) -> bool:
     return True
 
 
-async def _drain(server: _Server, app: PublicASGI, limit: float) -> None:
-    """Close the public listener, let in-flight requests finish (bounded), then stop it."""
-    app.draining = True
+def _stop_accepting(server: _Server, app: PublicASGI) -> None:
+    """Close the listening sockets at once; open connections stay, told to close."""
+    app.draining = True  # every later response carries "Connection: close"
     for srv in getattr(server, "servers", []):
-        srv.close()  # stop accepting; open connections stay
+        srv.close()
+
+
+async def _drain_connections(server: _Server, limit: float) -> None:
+    """Let in-flight requests finish (bounded by LIMIT), then stop SERVER."""
     started = time.monotonic()
     grace = min(1.0, limit)  # time for busy keep-alive clients to get their "Connection: close"
     state = server.server_state
@@ -113,7 +137,152 @@ async def _drain(server: _Server, app: PublicASGI, limit: float) -> None:
     server.should_exit = True
 
 
-async def serve(settings: Settings) -> int:  # noqa: PLR0912, PLR0915 - the process life cycle, in order
+@dataclass
+class _Opening:
+    """One opening of the public listener: its own uvicorn server and app."""
+
+    server: _Server
+    app: PublicASGI
+    task: asyncio.Future[Any] | None = None
+    closing: bool = False  # set when we close it: its end is then not a crash
+
+
+@dataclass
+class PublicListener:
+    """The public listener, opened and closed on demand (admin API, start-up, SIGTERM).
+
+    States: "held" (not opened yet), "open", "closed" (closed on request or at stop).
+    open() returns once the listener accepts; close() once it no longer accepts, its
+    drain going on in the background. A listener that ends without being closed sets
+    ``crashed``, which stops the process.
+    """
+
+    settings: Settings
+    service: Service
+    manager: ModelManager
+    state: str = "held"
+    crashed: asyncio.Event = field(default_factory=asyncio.Event)
+    crash_reason: str = ""
+    _current: _Opening | None = None
+    _drains: set[asyncio.Task[None]] = field(default_factory=set)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _stopping: bool = False
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.manager.public_state = state
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "public": self.state,
+            "host": self.settings.host,
+            "port": self.settings.port,
+            "reuse_port": self.settings.reuse_port,
+            "draining_listeners": len(self._drains),
+        }
+
+    async def open(self) -> tuple[int, dict[str, Any]]:
+        """Admin open: only with a model ready to answer; idempotent."""
+        async with self._lock:
+            if self._current is not None:
+                return 200, self.describe()
+            if self._stopping:
+                return 503, {**self.describe(), "error": "the server is stopping"}
+            if self.manager.current is None:
+                return 409, {
+                    **self.describe(),
+                    "error": f"no model is ready, refusing to open the public listener: "
+                    f"{self.manager.not_ready_reason}",
+                }
+            error = await self._start()
+        if error is not None:
+            return 500, {**self.describe(), "error": f"cannot open the public listener: {error}"}
+        return 200, self.describe()
+
+    async def start(self) -> str | None:
+        """Open whatever the model's state (start-up); None when open, else why not."""
+        async with self._lock:
+            if self._current is not None:
+                return None
+            return await self._start()
+
+    async def _start(self) -> str | None:
+        settings = self.settings
+        sockets = None
+        if settings.reuse_port:
+            try:
+                sockets = [_reuse_port_socket(settings.host, settings.port)]
+            except OSError as exc:
+                log.error(
+                    "cannot bind the public port",
+                    extra={"fields": {"host": settings.host, "port": settings.port, "error": str(exc)}},
+                )
+                return str(exc)
+        # A fresh app per opening: the previous one may still be draining ("Connection: close").
+        app = PublicASGI(self.service)
+        opening = _Opening(_Server(_config(app, settings.host, settings.port, 64 * 1024, settings.drain_seconds)), app)
+        task = opening.task = asyncio.ensure_future(_serve(opening.server, sockets))
+        if not await _wait_started(opening.server, task):
+            exc = task.exception()
+            for sock in sockets or []:
+                sock.close()
+            reason = str(exc) if exc else "the public listener stopped at start"
+            log.error("cannot open the public listener", extra={"fields": {"port": settings.port, "error": reason}})
+            return reason
+        task.add_done_callback(lambda t: self._ended(opening, t))
+        self._current = opening
+        self._set_state("open")
+        log.info(
+            "public listener open",
+            extra={"fields": {"host": settings.host, "port": settings.port, "reuse_port": settings.reuse_port}},
+        )
+        return None
+
+    def _ended(self, opening: _Opening, task: asyncio.Future[Any]) -> None:
+        if opening.closing:
+            return
+        exc = None if task.cancelled() else task.exception()
+        self.crash_reason = repr(exc) if exc else "the public listener stopped unexpectedly"
+        if self._current is opening:
+            self._current = None
+            self._set_state("closed")
+        self.crashed.set()
+
+    async def close(self) -> tuple[int, dict[str, Any]]:
+        """Stop accepting now, drain in the background; idempotent."""
+        async with self._lock:
+            self._close()
+        return 200, self.describe()
+
+    def _close(self) -> None:
+        opening = self._current
+        if opening is None:
+            if self.state == "held":
+                self._set_state("closed")  # a deliberate close also cancels any automatic opening
+            return
+        self._current = None
+        opening.closing = True
+        _stop_accepting(opening.server, opening.app)
+        self._set_state("closed")
+        log.info("public listener closed", extra={"fields": {"port": self.settings.port}})
+        drain = asyncio.ensure_future(self._drain(opening))
+        self._drains.add(drain)
+        drain.add_done_callback(self._drains.discard)
+
+    async def _drain(self, opening: _Opening) -> None:
+        await _drain_connections(opening.server, self.settings.drain_seconds)
+        if opening.task is not None:
+            await asyncio.gather(opening.task, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """At process stop: close what is open and wait for every drain to finish."""
+        async with self._lock:
+            self._stopping = True
+            self._close()
+        await asyncio.gather(*list(self._drains), return_exceptions=True)
+
+
+async def serve(settings: Settings) -> int:
     manager: ModelManager | None = None
 
     def current():  # late-bound: the collector needs the manager created below
@@ -123,34 +292,25 @@ async def serve(settings: Settings) -> int:  # noqa: PLR0912, PLR0915 - the proc
     manager = ModelManager(
         settings.bundles, settings.model, settings.version, settings.intra_op_threads, metrics
     )
-    service = Service(manager, metrics, settings.max_body_bytes)
-    drain = settings.drain_seconds
-
-    public_app = PublicASGI(service)
-    public = _Server(_config(public_app, settings.host, settings.port, 64 * 1024, drain))
-    admin: _Server | None = None
-    if settings.admin_port:
-        # The admin listener swaps models: loopback only, never configurable. It also
-        # serves the public read/infer API for this one instance.
-        admin = _Server(
-            _config(
-                AdminASGI(manager, PublicASGI(service)), "127.0.0.1", settings.admin_port, 64 * 1024, drain
-            )
-        )
+    listener = PublicListener(settings, Service(manager, metrics, settings.max_body_bytes), manager)
+    admin = _admin_server(settings, manager, metrics, listener)
 
     loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[object]] = set()
+    tasks: set[asyncio.Task[Any]] = set()
     stopping = asyncio.Event()
 
     def stop(signame: str) -> None:
         log.info("stopping", extra={"fields": {"signal": signame}})
         stopping.set()
 
-    def hup() -> None:
-        log.info("SIGHUP: re-reading the pointer file", extra={"fields": {"model": settings.model}})
-        t = loop.create_task(manager.swap(None, "sighup"))
+    def background(coro: Any) -> None:
+        t = loop.create_task(coro)
         tasks.add(t)
         t.add_done_callback(tasks.discard)
+
+    def hup() -> None:
+        log.info("SIGHUP: re-reading the pointer file", extra={"fields": {"model": settings.model}})
+        background(manager.swap(None, "sighup"))
 
     loop.add_signal_handler(signal.SIGTERM, stop, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, stop, "SIGINT")
@@ -167,88 +327,97 @@ async def serve(settings: Settings) -> int:  # noqa: PLR0912, PLR0915 - the proc
                 "admin_port": settings.admin_port,
                 "reuse_port": settings.reuse_port,
                 "bind_when_ready": settings.bind_when_ready,
+                "public_hold": settings.public_hold,
                 "pid": os.getpid(),
             }
         },
     )
 
-    def start_load() -> None:
-        load = loop.create_task(manager.initial_load())
-        tasks.add(load)
-        load.add_done_callback(tasks.discard)
-
-    running: list[asyncio.Future[object]] = []
-    public_task: asyncio.Future[object] | None = None
-
-    async def open_public() -> bool:
-        nonlocal public_task
-        sockets = None
-        if settings.reuse_port:
-            try:
-                sockets = [_reuse_port_socket(settings.host, settings.port)]
-            except OSError as exc:
-                log.error(
-                    "cannot bind the public port",
-                    extra={"fields": {"host": settings.host, "port": settings.port, "error": str(exc)}},
-                )
-                return False
-        public_task = asyncio.ensure_future(public.serve(sockets=sockets))
-        running.append(public_task)
-        if not await _wait_started(public, public_task):
-            return False
-        log.info(
-            "public listener open",
-            extra={
-                "fields": {"host": settings.host, "port": settings.port, "reuse_port": settings.reuse_port}
-            },
-        )
-        return True
-
+    admin_task: asyncio.Future[Any] | None = None
     ok = True
     if admin is not None:
         admin_task = asyncio.ensure_future(admin.serve())
-        running.append(admin_task)
         ok = await _wait_started(admin, admin_task)
-    if ok and not settings.bind_when_ready:
-        ok = await open_public()
-        if ok:  # load only once the listeners are up, so /v2/health/live answers at once
-            start_load()
-    elif ok:
-        start_load()
-        # Never before the self-test passed; also after a later successful swap (SIGHUP or
-        # admin load), which is how a live-but-not-ready instance is repaired in place.
-        while manager.current is None and not stopping.is_set():
-            if any(t.done() for t in running):
-                ok = False
-                break
-            await asyncio.sleep(0.02)
-        if ok and not stopping.is_set():
-            ok = await open_public()
-    if not ok:
-        exit_code = 1
-        stopping.set()
-    else:
-        exit_code = 0
-        waiter = asyncio.ensure_future(stopping.wait())
-        await asyncio.wait([waiter, *running], return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+    if ok:
+        ok = await _open_at_start(
+            settings, manager, listener, stopping=stopping, admin_task=admin_task, background=background
+        )
 
-    if public_task is not None and public.started:
-        await _drain(public, public_app, drain)
-    else:
-        public.should_exit = True
-    if public_task is not None:
-        await asyncio.gather(public_task, return_exceptions=True)
-    if admin is not None:
+    exit_code = await _run_until_stopped(stopping, listener, admin_task) if ok else 1
+    await listener.stop()
+    if admin is not None and admin_task is not None:
         admin.should_exit = True
-    results = await asyncio.gather(*running, return_exceptions=True)
-    for r in results:
-        if isinstance(r, SystemExit):
-            return r.code if isinstance(r.code, int) else 1
-        if isinstance(r, BaseException):
-            log.error("listener crashed", extra={"fields": {"error": repr(r)}})
+        result = (await asyncio.gather(admin_task, return_exceptions=True))[0]
+        if isinstance(result, SystemExit):
+            return result.code if isinstance(result.code, int) else 1
+        if isinstance(result, BaseException):
+            log.error("listener crashed", extra={"fields": {"error": repr(result)}})
             return 1
     return exit_code
+
+
+def _admin_server(
+    settings: Settings, manager: ModelManager, metrics: Metrics, listener: PublicListener
+) -> _Server | None:
+    if not settings.admin_port:
+        return None
+    # The admin listener swaps models: loopback only, never configurable. It also serves
+    # the public read/infer API for this one instance and, there only, the staged
+    # candidate and the standby by their versions.
+    service = Service(manager, metrics, settings.max_body_bytes, staged_versions=True)
+    app = AdminASGI(manager, PublicASGI(service), listener)
+    return _Server(_config(app, "127.0.0.1", settings.admin_port, 64 * 1024, settings.drain_seconds))
+
+
+async def _run_until_stopped(
+    stopping: asyncio.Event, listener: PublicListener, admin_task: asyncio.Future[Any] | None
+) -> int:
+    """Wait for SIGTERM/SIGINT (0) or a listener that ended on its own (1).
+
+    A public listener closed through the admin API is no reason to stop: the process
+    stays up to open it again.
+    """
+    waiter = asyncio.ensure_future(stopping.wait())
+    crash = asyncio.ensure_future(listener.crashed.wait())
+    watched = [waiter, crash, *([admin_task] if admin_task else [])]
+    await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    crash.cancel()
+    if listener.crashed.is_set():
+        log.error("listener crashed", extra={"fields": {"error": listener.crash_reason}})
+        return 1
+    return 0
+
+
+async def _open_at_start(
+    settings: Settings,
+    manager: ModelManager,
+    listener: PublicListener,
+    *,
+    stopping: asyncio.Event,
+    admin_task: asyncio.Future[Any] | None,
+    background: Any,
+) -> bool:
+    """Open the public listener as the flags say, start the initial load; False on failure."""
+    if settings.public_hold:
+        background(manager.initial_load())  # the admin API opens the public listener, later
+        return True
+    if not settings.bind_when_ready:
+        if await listener.start() is not None:
+            return False
+        # Load only once the listeners are up, so /v2/health/live answers at once.
+        background(manager.initial_load())
+        return True
+    background(manager.initial_load())
+    # Never before the self-test passed; also after a later successful swap (SIGHUP or
+    # admin load), which is how a live-but-not-ready instance is repaired in place.
+    while manager.current is None and not stopping.is_set():
+        if admin_task is not None and admin_task.done():
+            return False
+        await asyncio.sleep(0.02)
+    if stopping.is_set() or listener.state != "held":
+        return True  # stopping, or the admin API already opened or closed it
+    return await listener.start() is None
 
 
 def run(settings: Settings) -> int:

@@ -225,6 +225,8 @@ class Hammer:
         self.ok = 0
         self.failures: list[str] = []
         self.versions: dict[str, int] = {}
+        # model_version of every answer, in the order the answers arrived.
+        self.answers: list[str] = []
         self.max_requests = max_requests
         self.deadline = time.monotonic() + max_seconds
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
@@ -252,6 +254,7 @@ class Hammer:
                     with self.lock:
                         self.ok += 1
                         self.versions[v] = self.versions.get(v, 0) + 1
+                        self.answers.append(v)
                 else:
                     with self.lock:
                         self.failures.append(f"{r.status_code} {r.text[:200]}")
@@ -259,6 +262,14 @@ class Hammer:
                 with self.lock:
                     self.failures.append(repr(exc))
         sess.close()
+
+    def answers_since(self, mark: int) -> list[str]:
+        with self.lock:
+            return self.answers[mark:]
+
+    def mark(self) -> int:
+        with self.lock:
+            return len(self.answers)
 
     def count(self) -> int:
         with self.lock:

@@ -117,3 +117,28 @@ def test_port_in_use_exits_non_zero(make_server, bundle_root: Path) -> None:
         ]
     )
     assert r.returncode != 0
+
+
+def test_public_hold_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeml_server.cli import parse
+
+    base = ["--bundles", "/tmp", "--model", "digits"]
+    assert parse(base).public_hold is False
+    assert parse([*base, "--public-hold"]).public_hold is True
+    for text, value in (("1", True), ("yes", True), ("off", False), ("", False)):
+        monkeypatch.setenv("EDGEML_PUBLIC_HOLD", text)
+        assert parse(base).public_hold is value
+    assert "--public-hold" in _run(["--help"]).stdout and "EDGEML_PUBLIC_HOLD" in _run(["--help"]).stdout
+
+
+@pytest.mark.parametrize(
+    "args,env,words",
+    [
+        ([], {"EDGEML_PUBLIC_HOLD": "maybe"}, "EDGEML_PUBLIC_HOLD='maybe' is not a boolean"),
+        (["--public-hold", "--admin-port", "0"], {}, "--public-hold (EDGEML_PUBLIC_HOLD) needs the admin listener"),
+        (["--admin-port", "0"], {"EDGEML_PUBLIC_HOLD": "1"}, "needs the admin listener"),
+    ],
+)
+def test_bad_public_hold_exits_2(args: list[str], env: dict[str, str], words: str) -> None:
+    r = _run(["--bundles", "/tmp", "--model", "digits", *args], env=env)
+    assert r.returncode == 2 and words in r.stderr, r.stderr
