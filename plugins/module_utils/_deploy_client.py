@@ -95,12 +95,40 @@ class ServerClient:
     def version_ready(self, version: str) -> HttpAnswer:
         return self.request("GET", f"/v2/models/{self.name}/versions/{version}/ready")
 
-    def load(self, version: str, timeout: float) -> HttpAnswer:
-        doc = {"parameters": {"version": version}}
-        return self.request("POST", f"/v2/repository/models/{self.name}/load", doc, timeout=timeout)
+    def _repository(self, action: str, version: str | None = None, timeout: float | None = None) -> HttpAnswer:
+        doc = {"parameters": {"version": version}} if version else {}
+        return self.request("POST", f"/v2/repository/models/{self.name}/{action}", doc, timeout=timeout)
 
-    def infer(self, inputs: list[dict[str, t.Any]]) -> HttpAnswer:
-        return self.request("POST", f"/v2/models/{self.name}/infer", {"inputs": inputs})
+    def load(self, version: str, timeout: float) -> HttpAnswer:
+        """Swap to VERSION at once (public traffic included): repairs and restores only."""
+        return self._repository("load", version, timeout)
+
+    # A staged deployment on one server: stage (candidate loaded, reachable only here by
+    # its version), promote (public traffic moves to it, the old version kept loaded),
+    # then commit (old version released) or revert (old version back at once).
+    def stage(self, version: str, timeout: float) -> HttpAnswer:
+        return self._repository("stage", version, timeout)
+
+    def unstage(self) -> HttpAnswer:
+        return self._repository("unstage")
+
+    def promote(self, version: str) -> HttpAnswer:
+        return self._repository("promote", version)
+
+    def revert(self) -> HttpAnswer:
+        return self._repository("revert")
+
+    def commit(self) -> HttpAnswer:
+        return self._repository("commit")
+
+    def public(self, state: str) -> HttpAnswer:
+        """Open or close this server's public listener (blue/green switch): "open" | "close"."""
+        return self.request("POST", f"/admin/public/{state}", {})
+
+    def infer(self, inputs: list[dict[str, t.Any]], version: str | None = None) -> HttpAnswer:
+        """Infer; with VERSION, addressed to that version (a staged candidate included)."""
+        path = f"/v2/models/{self.name}/versions/{version}/infer" if version else f"/v2/models/{self.name}/infer"
+        return self.request("POST", path, {"inputs": inputs})
 
     def metrics(self) -> HttpAnswer:
         return self.request("GET", "/metrics")
@@ -196,8 +224,13 @@ def read_text(path: str) -> str | None:
 
 
 class Files:
-    """Atomic writes and removals. ``mover(src, dest)`` is ``AnsibleModule.atomic_move`` on
-    a host (it keeps SELinux contexts right); ``os.replace`` in tests."""
+    """Atomic writes (a temporary file in the same directory, fsync, rename) and removals.
+
+    Not ``AnsibleModule.atomic_move``: on failure it ends the module at once (fail_json),
+    which would skip the restore of the previous version. A failed write here raises
+    OSError, which the deploy path catches. The temporary file is created in the target's
+    directory, so it takes that directory's SELinux context as atomic_move would.
+    """
 
     def __init__(self, mover: t.Callable[[str, str], t.Any] | None = None) -> None:
         self.mover = mover or os.replace

@@ -25,20 +25,77 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_client import
 
 MAX_PROBES = 200  # error-rate soak: at most this many probe requests, whatever the window
 PROBE_INTERVAL = 0.1  # seconds between soak probes ("light" traffic: ~10 requests/s)
+# The live window reads the server's counters this often: a failure seen there is
+# switched back within about this much time plus the switch itself (milliseconds).
+LIVE_POLL_INTERVAL = 0.2
+
+# The one source of the gates' options and their defaults: the module's argument spec is
+# this, GateSettings reads its defaults from it, and a unit test holds the module's
+# documentation and the role's argument spec and defaults to it.
+GATES_ARGUMENT_SPEC: dict[str, t.Any] = dict(
+    readiness_timeout=dict(type="float", default=120.0),
+    smoke=dict(
+        type="dict",
+        default={},
+        options=dict(
+            enabled=dict(type="bool", default=True),
+            source=dict(type="str", choices=["expected", "recorded"]),
+            min_pass_ratio=dict(type="float", default=1.0, no_log=False),
+        ),
+    ),
+    latency=dict(
+        type="dict",
+        default={},
+        options=dict(
+            enabled=dict(type="bool", default=True),
+            requests=dict(type="int", default=30),
+            p95_ms=dict(type="float"),
+        ),
+    ),
+    error_rate=dict(
+        type="dict",
+        default={},
+        options=dict(
+            enabled=dict(type="bool", default=True),
+            soak_seconds=dict(type="float", default=5.0),
+            max_ratio=dict(type="float", default=0.0),
+        ),
+    ),
+    live=dict(
+        type="dict",
+        default={},
+        options=dict(
+            enabled=dict(type="bool", default=True),
+            seconds=dict(type="float", default=5.0),
+            min_requests=dict(type="int", default=20),
+        ),
+    ),
+)
+
+
+def gate_default(*path: str) -> t.Any:
+    """The default of one gate option, e.g. gate_default("latency", "requests")."""
+    spec: t.Any = {"options": GATES_ARGUMENT_SPEC}
+    for key in path:
+        spec = spec["options"][key]
+    return spec.get("default")
 
 
 @dataclass
 class GateSettings:
-    readiness_timeout: float = 60.0
-    smoke_enabled: bool = True
-    smoke_source: str | None = None  # None: expected where a vector has it, else recorded
-    smoke_min_pass_ratio: float = 1.0
-    latency_enabled: bool = True
-    latency_requests: int = 30
-    latency_p95_ms: float | None = None
-    error_rate_enabled: bool = True
-    soak_seconds: float = 5.0
-    max_error_ratio: float = 0.0
+    readiness_timeout: float = gate_default("readiness_timeout")
+    smoke_enabled: bool = gate_default("smoke", "enabled")
+    smoke_source: str | None = gate_default("smoke", "source")  # None: expected where a vector has it
+    smoke_min_pass_ratio: float = gate_default("smoke", "min_pass_ratio")
+    latency_enabled: bool = gate_default("latency", "enabled")
+    latency_requests: int = gate_default("latency", "requests")
+    latency_p95_ms: float | None = gate_default("latency", "p95_ms")
+    error_rate_enabled: bool = gate_default("error_rate", "enabled")
+    soak_seconds: float = gate_default("error_rate", "soak_seconds")
+    max_error_ratio: float = gate_default("error_rate", "max_ratio")
+    live_enabled: bool = gate_default("live", "enabled")
+    live_seconds: float = gate_default("live", "seconds")
+    live_min_requests: int = gate_default("live", "min_requests")
 
 
 @dataclass
@@ -81,19 +138,59 @@ def parse_metrics(text: str, names: t.Iterable[str]) -> list[tuple[str, dict[str
     return samples
 
 
-def request_counts(text: str) -> dict[str, t.Any]:
-    """Totals the error-rate gate compares: all requests, 5xx answers, errors by type."""
+def request_counts(text: str, version: str | None = None) -> dict[str, t.Any]:
+    """Totals the error-rate gates compare: all requests, 5xx answers, errors by type, and
+    the infer latency histogram (cumulative bucket counts by upper bound), of one VERSION
+    when given (requests to other versions served meanwhile do not count)."""
     total = server_errors = 0.0
     by_type: dict[str, float] = {}
-    for name, labels, value in parse_metrics(text, ("edgeml_requests_total", "edgeml_errors_total")):
+    buckets: dict[float, float] = {}
+    names = ("edgeml_requests_total", "edgeml_errors_total", "edgeml_request_duration_seconds_bucket")
+    for name, labels, value in parse_metrics(text, names):
+        if version is not None and name != "edgeml_errors_total" and labels.get("version") != version:
+            continue
         if name == "edgeml_requests_total":
             total += value
             if labels.get("code", "").startswith("5"):
                 server_errors += value
-        else:
+        elif name == "edgeml_errors_total":
             kind = labels.get("type", "?")
             by_type[kind] = by_type.get(kind, 0.0) + value
-    return {"requests": total, "server_errors": server_errors, "errors_by_type": by_type}
+        elif labels.get("endpoint") == "infer":
+            bound = float(labels.get("le", "+Inf"))
+            buckets[bound] = buckets.get(bound, 0.0) + value
+    return {"requests": total, "server_errors": server_errors, "errors_by_type": by_type, "buckets": buckets}
+
+
+def _live_measured(before: dict[str, t.Any], now: dict[str, t.Any], started: float) -> dict[str, t.Any]:
+    """What the live window saw since BEFORE: requests, server errors, infer p95 (ms)."""
+    deltas = {bound: count - before["buckets"].get(bound, 0.0) for bound, count in now["buckets"].items()}
+    p95 = histogram_quantile(0.95, deltas)
+    return {
+        "requests": int(now["requests"] - before["requests"]),
+        "server_errors": int(now["server_errors"] - before["server_errors"]),
+        "p95_ms": None if p95 is None else round(p95 * 1000.0, 3),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def histogram_quantile(quantile: float, buckets: dict[float, float]) -> float | None:
+    """The quantile (seconds) of cumulative bucket counts, interpolated linearly inside its
+    bucket as Prometheus's histogram_quantile does; None without observations."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = quantile * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower  # beyond the largest finite bucket: its bound is all we know
+            inside = count - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside > 0 else 1.0)
+        lower, below = bound, count
+    return lower
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -197,7 +294,7 @@ class Gates:
             )
         wrong: list[str] = []
         for index, kind, reference in cases:
-            answer = self.client.infer(self.vectors[index]["inputs"])
+            answer = self.client.infer(self.vectors[index]["inputs"], self.version)
             if not answer.ok or not isinstance(answer.json, dict):
                 wrong.append(f"vector {index}: {answer.reason()}")
                 continue
@@ -240,7 +337,7 @@ class Gates:
         times: list[float] = []
         over: list[float] = []
         for i in range(count):
-            answer = self.client.infer(self.vectors[i % len(self.vectors)]["inputs"])
+            answer = self.client.infer(self.vectors[i % len(self.vectors)]["inputs"], self.version)
             if not answer.ok:
                 return GateResult(
                     "latency",
@@ -273,7 +370,7 @@ class Gates:
     # --- error rate -------------------------------------------------------------------
     def _scrape(self) -> dict[str, t.Any] | None:
         answer = self.client.metrics()
-        return request_counts(answer.text) if answer.ok else None
+        return request_counts(answer.text, self.version) if answer.ok else None
 
     def error_rate(self) -> GateResult:
         soak = self.settings.soak_seconds
@@ -286,7 +383,7 @@ class Gates:
         started = time.monotonic()
         while time.monotonic() - started < soak and probes < MAX_PROBES:
             if self.vectors:
-                answer = self.client.infer(self.vectors[probes % len(self.vectors)]["inputs"])
+                answer = self.client.infer(self.vectors[probes % len(self.vectors)]["inputs"], self.version)
                 failed_probes += 0 if answer.status else 1  # no connection: not in the metrics
             probes += 1
             self.sleep(PROBE_INTERVAL)
@@ -322,6 +419,56 @@ class Gates:
             f"(ratio {ratio:.4g}, max {max_ratio:g})"
         )
         return GateResult("error_rate", ok, measured, threshold, detail)
+
+    # --- live: real traffic after the switch ---------------------------------------------
+    def live(self, service: t.Callable[[], tuple[str | None, str | None]] | None = None) -> GateResult:
+        """Watch the version's real traffic for ``live_seconds`` after public traffic moved
+        to it, from the server's own counters: server errors over ``max_error_ratio`` or an
+        infer p95 over the latency budget (once ``live_min_requests`` were served) fail at
+        once, and so do a service that fails or restarts and a server that stops answering.
+        The caller switches back on a failure; it is seen within LIVE_POLL_INTERVAL."""
+        settings = self.settings
+        threshold = {
+            "seconds": settings.live_seconds,
+            "max_ratio": settings.max_error_ratio,
+            "p95_ms": settings.latency_p95_ms,
+            "min_requests": settings.live_min_requests,
+        }
+        before = self._scrape()
+        measured: dict[str, t.Any] = {"requests": 0, "server_errors": 0, "p95_ms": None}
+        problem = None if before is not None else "cannot read the server's /metrics after the switch"
+        started = time.monotonic()
+        while problem is None and time.monotonic() - started < settings.live_seconds:
+            self.sleep(LIVE_POLL_INTERVAL)
+            problem = service()[0] if service else None
+            if problem:
+                problem = f"the service failed: {problem}"
+                break
+            now = self._scrape()
+            if now is None:
+                problem = "the server stopped answering after the switch"
+                break
+            measured = _live_measured(t.cast(dict, before), now, started)
+            problem = self._live_problem(measured)
+        if problem:
+            return GateResult("live", False, measured, threshold, problem)
+        detail = f"{measured['requests']} live requests in {settings.live_seconds:g} s, "
+        detail += f"{measured['server_errors']} server errors"
+        if measured["p95_ms"] is not None:
+            detail += f", p95 {measured['p95_ms']:g} ms"
+        return GateResult("live", True, measured, threshold, detail)
+
+    def _live_problem(self, measured: dict[str, t.Any]) -> str | None:
+        settings = self.settings
+        requests, errors, p95 = measured["requests"], measured["server_errors"], measured["p95_ms"]
+        if requests < 0:
+            return "the server's counters went backwards: it restarted"
+        if errors > settings.max_error_ratio * max(requests, settings.live_min_requests):
+            return f"{errors} server errors in {requests} live requests (max ratio {settings.max_error_ratio:g})"
+        budget = settings.latency_p95_ms
+        if budget is not None and p95 is not None and requests >= settings.live_min_requests and p95 > budget:
+            return f"live p95 {p95:g} ms over the budget of {budget:g} ms ({requests} requests)"
+        return None
 
     # --- all --------------------------------------------------------------------------
     def after_ready(self) -> list[GateResult]:

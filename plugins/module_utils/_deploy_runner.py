@@ -24,19 +24,18 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._common import (
     make_diff,
 )
 from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_client import Files, HostClient
-from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_gates import GateSettings
-from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_service import (
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_gates import GateSettings, gate_default
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_plan import (
     SLOTS,
     DeployRequest,
-    DeployService,
     Observed,
-    Outcome,
     Plan,
     Refused,
     SlotSpec,
     Target,
     unit_image,
 )
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_service import DeployService
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DIGEST_RE = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
@@ -49,61 +48,66 @@ def _number(value: t.Any, what: str, low: float, high: float, hint: str) -> floa
 
 
 def _gates(raw: dict[str, t.Any] | None) -> GateSettings:
+    """GateSettings from the module's ``gates`` option; a missing value takes the default
+    of GATES_ARGUMENT_SPEC (the module fills them in; direct callers may not)."""
     raw = raw or {}
-    smoke = raw.get("smoke") or {}
-    latency = raw.get("latency") or {}
-    error_rate = raw.get("error_rate") or {}
-    p95 = latency.get("p95_ms")
+
+    def value(*path: str) -> t.Any:
+        node: t.Any = raw
+        for key in path:
+            node = (node or {}).get(key) if isinstance(node, dict) else None
+        return gate_default(*path) if node is None else node
+
+    p95 = value("latency", "p95_ms")
     return GateSettings(
         readiness_timeout=_number(
-            raw.get("readiness_timeout", 60),
+            value("readiness_timeout"),
             "gates.readiness_timeout",
             0.1,
             3600,
             "Give the seconds a slot may take to load its model and pass its self-test, e.g. 60.",
         ),
-        smoke_enabled=bool(smoke.get("enabled", True)),
-        smoke_source=smoke.get("source"),
+        smoke_enabled=bool(value("smoke", "enabled")),
+        smoke_source=value("smoke", "source"),
         smoke_min_pass_ratio=_number(
-            smoke.get("min_pass_ratio", 1.0),
+            value("smoke", "min_pass_ratio"),
             "gates.smoke.min_pass_ratio",
             0,
             1,
             "Use 1.0 (every vector right) or a fraction such as 0.9.",
         ),
-        latency_enabled=bool(latency.get("enabled", True)),
+        latency_enabled=bool(value("latency", "enabled")),
         latency_requests=int(
-            _number(
-                latency.get("requests", 30),
-                "gates.latency.requests",
-                1,
-                10000,
-                "Use e.g. 30 requests.",
-            )
+            _number(value("latency", "requests"), "gates.latency.requests", 1, 10000, "Use e.g. 30 requests.")
         ),
         latency_p95_ms=None
         if p95 is None
-        else _number(
-            p95,
-            "gates.latency.p95_ms",
-            1e-6,
-            3.6e6,
-            "Give the p95 budget in milliseconds, e.g. 50.",
-        ),
-        error_rate_enabled=bool(error_rate.get("enabled", True)),
+        else _number(p95, "gates.latency.p95_ms", 1e-6, 3.6e6, "Give the p95 budget in milliseconds, e.g. 50."),
+        error_rate_enabled=bool(value("error_rate", "enabled")),
         soak_seconds=_number(
-            error_rate.get("soak_seconds", 5),
+            value("error_rate", "soak_seconds"),
             "gates.error_rate.soak_seconds",
             0,
             600,
             "Use a short window such as 5 seconds.",
         ),
         max_error_ratio=_number(
-            error_rate.get("max_ratio", 0.0),
+            value("error_rate", "max_ratio"),
             "gates.error_rate.max_ratio",
             0,
             1,
             "Use 0.0 (no server error allowed) or a fraction such as 0.01.",
+        ),
+        live_enabled=bool(value("live", "enabled")),
+        live_seconds=_number(
+            value("live", "seconds"),
+            "gates.live.seconds",
+            0,
+            3600,
+            "Give the seconds real traffic is watched after the switch, e.g. 5.",
+        ),
+        live_min_requests=int(
+            _number(value("live", "min_requests"), "gates.live.min_requests", 1, 1e6, "Use e.g. 20 requests.")
         ),
     )
 
@@ -233,14 +237,14 @@ def _diff(svc: DeployService, seen: Observed, plan: Plan, target: Target) -> lis
         make_diff(
             seen.pointer or "",
             target.version + "\n" if plan.kind != "unchanged" else seen.pointer or "",
-            before_header=svc.pointer_path if seen.pointer is not None else "(absent)",
-            after_header=svc.pointer_path,
+            before_header=svc.layout.pointer_path if seen.pointer is not None else "(absent)",
+            after_header=svc.layout.pointer_path,
         ),
         make_diff(
             seen.units.get(plan.slot) or "",
             plan.unit,
-            before_header=svc.unit_path(plan.slot) if seen.units.get(plan.slot) is not None else "(absent)",
-            after_header=svc.unit_path(plan.slot),
+            before_header=svc.layout.unit_path(plan.slot) if seen.units.get(plan.slot) is not None else "(absent)",
+            after_header=svc.layout.unit_path(plan.slot),
         ),
     ]
     if plan.kind == "bluegreen" and plan.old_slot:
@@ -248,7 +252,7 @@ def _diff(svc: DeployService, seen: Observed, plan: Plan, target: Target) -> lis
             make_diff(
                 seen.units.get(plan.old_slot) or "",
                 "",
-                before_header=svc.unit_path(plan.old_slot),
+                before_header=svc.layout.unit_path(plan.old_slot),
                 after_header="(absent)",
             )
         )
@@ -257,8 +261,8 @@ def _diff(svc: DeployService, seen: Observed, plan: Plan, target: Target) -> lis
 
 def run_model_deployment(wrapper: EdgeMLModule) -> dict[str, t.Any]:
     req = build_request(wrapper.params)
-    svc = DeployService(req, HostClient(wrapper.module), Files(wrapper.module.atomic_move))
-    state = svc.load_state()
+    svc = DeployService(req, HostClient(wrapper.module), Files())
+    state = svc.store.load()
     try:
         target = svc.verify(state)
     except Refused as exc:
@@ -267,9 +271,15 @@ def run_model_deployment(wrapper: EdgeMLModule) -> dict[str, t.Any]:
         wrapper.fail(exc, **result)
     if wrapper.check_mode:
         return _deploy(wrapper, svc, state, target)
-    with svc.lock():  # taken once the checks passed: a refused run leaves no trace
-        state = svc.load_state()  # as it is now, under the lock
-        return _deploy(wrapper, svc, state, svc.verify(state))
+    with svc.store.lock():  # taken once the checks passed: a refused run leaves no trace
+        state = svc.store.load()  # as it is now, under the lock
+        try:
+            target = svc.verify(state)
+        except Refused as exc:
+            result = base_result(req, state, None)
+            result.update(outcome="refused", failed_gate=None)
+            wrapper.fail(exc, **result)
+        return _deploy(wrapper, svc, state, target)
 
 
 def _deploy(wrapper: EdgeMLModule, svc: DeployService, state: dict[str, t.Any], target: Target) -> dict[str, t.Any]:
@@ -292,15 +302,32 @@ def _deploy(wrapper: EdgeMLModule, svc: DeployService, state: dict[str, t.Any], 
         if plan.changed:  # predicted
             result["model"]["serving_version"] = target.version
             result["slot"] = plan.slot
+        stale = svc.store.stale(state, target, plan.slot) if plan.kind == "unchanged" else None
+        if stale:
+            # A run killed between the switch and its record: what serves is right, the
+            # state file is not. Rewrite it (a change, so reported as one).
+            result.update(changed=True, actions=[f"write {svc.layout.state_path} (repair: {stale})"])
+            if not wrapper.check_mode:
+                state = svc.store.repair(state, target, plan.slot, stale)
+                result.update(history=_history(state))
         return result
 
-    outcome: Outcome = svc.apply(target, seen, plan)
-    state = svc.record(state, target, plan, outcome)
+    try:
+        outcome, state = svc.deploy(state, target, seen, plan)
+    except Refused as exc:
+        result.update(outcome="refused")
+        wrapper.fail(exc, **result)
+    if outcome.outcome != "deployed":
+        # Also in the journal: it survives restarts even where the state file could not be written.
+        wrapper.module.log(f"edgeml model_deployment {req.name} {target.version}: {outcome.rollback_reason}")
     result.update(
         changed=True,
         outcome=outcome.outcome,
         gates=[g.as_dict() for g in outcome.gates],
-        actions=[*outcome.actions, f"write {svc.state_path}"],
+        # A success's state write is in its actions, in order (before the old version goes).
+        actions=outcome.actions
+        if outcome.outcome == "deployed"
+        else [*outcome.actions, f"write {svc.layout.state_path}"],
         history=_history(state),
         last_failure=state.get("last_failure"),
     )

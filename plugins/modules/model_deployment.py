@@ -18,23 +18,37 @@ description:
     the host with the SHA-256 O(bundle_sha256) (file, manifest and option must agree) and that the
     image O(image) is present (and matches O(image_digest) when given). A mismatch fails with
     outcome C(refused) and changes nothing.
-  - When only the model version changes (same image, same unit content) the version is swapped
-    in place on the serving slot (pointer file, then the server's admin load endpoint).
-    Otherwise (new image, new unit content, first deployment, unhealthy slot) the other slot's
-    unit is written and started, and the old slot is stopped only after the new one passed
-    every gate, so the host never stops serving.
-  - "Gates, in order, against the slot under test through its loopback admin port: C(readiness)
-    (the slot serves the version and is ready, and in a slot
-    switch its systemd service is active, i.e. its health check passed; a failed or restarting
-    service fails it at once),
-    C(smoke) (live answers against the bundle's expected or recorded outputs), C(latency)
-    (p95 of O(gates.latency.requests) requests), C(error_rate) (5xx answers over all requests,
-    from the slot's C(/metrics), over a short soak with light probe traffic)."
-  - On a failed gate the previous state is restored (swap back, or the new slot stopped and its
-    unit removed), the pointer file is restored, and the task fails with the result of
-    C(docs/deployment-result.md) (C(failed_gate), C(gates), C(rollback), C(log_tail)). The
-    reason is recorded in the state file (C(last_failure) and history), where it survives
-    restarts.
+  - "Gates before exposure: a new version is judged while only the gates' own requests can reach
+    it, and public traffic moves to it only once it passed. When only the model version changes
+    (same image, same unit content) the serving slot's server stages the new version beside the
+    serving one (admin C(stage)); the gates address the staged version by its version on the
+    loopback admin port; then C(promote) switches public traffic to it atomically, the previous
+    version still loaded. Otherwise (new image, new unit content, first deployment, unhealthy
+    slot) the other slot's unit is written with its public listener held closed
+    (C(EDGEML_PUBLIC_HOLD=1)) and the version pinned (C(EDGEML_VERSION)), and started; the gates
+    run on its admin port; then its public listener is opened and the old slot's closed (both
+    bind O(port) with C(SO_REUSEPORT))."
+  - "Gates, in order, against the version under test through the slot's loopback admin port:
+    C(readiness) (the version is loaded and ready, and in a slot switch its systemd service is
+    active, i.e. its health check passed; a failed or restarting service fails it at once),
+    C(smoke) (answers against the bundle's expected or recorded outputs), C(latency) (p95 of
+    O(gates.latency.requests) requests), C(error_rate) (5xx answers over the version's requests,
+    from the server's C(/metrics), over a short soak with light probe traffic). Then, after the
+    switch, C(live): the version's real traffic for O(gates.live.seconds), from the server's own
+    counters (server errors, infer p95 against O(gates.latency.p95_ms)); a failure switches back
+    at once (C(revert), or the old slot's listener reopened), well within a second."
+  - "Only after the live window passed is the state file written (while switching back is still
+    cheap), the slot's final unit written (blue/green: without the hold, so a restart opens the
+    port by itself), and the previous version released (C(commit), or the old slot stopped and
+    its unit removed)."
+  - A failed gate, or any error after the switch, restores the previous version and the pointer
+    file, and the task fails with the result of C(docs/deployment-result.md) (C(failed_gate),
+    C(gates), C(rollback), C(log_tail)). The reason is recorded in the state file
+    (C(last_failure) and history), where it survives restarts; if even that write fails, in the
+    host's journal. The state file is written (a deployment in progress) before anything
+    changes, so an unwritable state directory refuses the deployment (outcome C(refused)).
+  - A run that finds the target already serving but the state file stale (a controller killed
+    between the switch and its record) rewrites the state file and reports a change.
   - Needs only the Python standard library on the host (HTTP with C(ansible.module_utils.urls)),
     plus C(systemctl), C(journalctl) and C(podman). Runs as root.
 author:
@@ -167,7 +181,7 @@ options:
           - Seconds the slot may take to serve the version and be ready (its self-test passed),
             or for an in-place load to finish.
         type: float
-        default: 60
+        default: 120
       smoke:
         description: Live answers compared with the bundle's smoke vectors.
         type: dict
@@ -211,9 +225,10 @@ options:
             type: float
       error_rate:
         description:
-          - Server errors (HTTP 5xx, and probes that got no connection) over all requests the slot
-            counted in C(edgeml_requests_total) during the soak, which includes any real traffic
-            the slot received. Client errors (4xx) are reported by type but do not count.
+          - Server errors (HTTP 5xx, and probes that got no connection) over the requests to the
+            version under test that the server counted in C(edgeml_requests_total) during the soak
+            (before the switch, the gates' own probes). Client errors (4xx) are reported by type but do
+            not count.
         type: dict
         default: {}
         suboptions:
@@ -224,15 +239,39 @@ options:
           soak_seconds:
             description: Length of the window; the module sends about 10 probe requests per second (at most 200).
             type: float
-            default: 5
+            default: 5.0
           max_ratio:
-            description: Highest accepted ratio of server errors to requests.
+            description: Highest accepted ratio of server errors to requests (also in the live window).
             type: float
             default: 0.0
+      live:
+        description:
+          - After public traffic moved to the new version, its real traffic is judged from the
+            server's own counters (C(edgeml_requests_total) and C(edgeml_request_duration_seconds)
+            of that version), read every 0.2 s. More server errors than O(gates.error_rate.max_ratio)
+            allows, an infer p95 over O(gates.latency.p95_ms) once O(gates.live.min_requests) were
+            served, a failed or restarted service or a server that stops answering switch back at once.
+          - With no real traffic in the window it passes with 0 requests (the gates before it judged the version).
+        type: dict
+        default: {}
+        suboptions:
+          enabled:
+            description: Run the live window.
+            type: bool
+            default: true
+          seconds:
+            description: Length of the window.
+            type: float
+            default: 5.0
+          min_requests:
+            description: Live requests needed before the p95 is judged (errors are judged from the first).
+            type: int
+            default: 20
 notes:
   - "What the slot units must do (the C(edgeml.fleet.model_deployment) role renders them): run the
     server image with C(Network=host), C(--reuse-port --bind-when-ready) (or
-    C(EDGEML_REUSE_PORT=1), C(EDGEML_BIND_WHEN_READY=1)), C(EDGEML_PORT=PORT),
+    C(EDGEML_REUSE_PORT=1), C(EDGEML_BIND_WHEN_READY=1)), a server that has the staging and
+    public-listener admin endpoints (this collection's model server image), C(EDGEML_PORT=PORT),
     C(EDGEML_ADMIN_PORT=<the slot's admin port>), C(EDGEML_MODEL=NAME), the bundle root mounted
     read-only at C(/models) (C(EDGEML_BUNDLES=/models)), no C(EDGEML_VERSION) (the server reads the
     pointer file), C(Notify=healthy) with a health command probing
@@ -334,7 +373,7 @@ gates:
     - name: readiness
       passed: true
       measured: {seconds_to_ready: 2.1}
-      threshold: {timeout_seconds: 60}
+      threshold: {timeout_seconds: 120.0}
       detail: model digits 3.0.0 ready
     - name: smoke
       passed: true
@@ -342,7 +381,10 @@ gates:
       threshold: {min_pass_ratio: 1.0, source: auto}
       detail: 8 of 8 vectors right
 failed_gate:
-  description: Name of the first failed gate (C(readiness), C(smoke), C(latency), C(error_rate), C(rollout)), or null.
+  description:
+    - Name of the first failed gate, or null. C(readiness), C(smoke), C(latency) and C(error_rate) ran
+      before any public request reached the version; C(live) after the switch (then switched back);
+      C(rollout) is any other error on the deploy path (then also restored).
   returned: always
   type: str
 rollback:
@@ -379,10 +421,20 @@ actions:
   returned: always
   type: list
   elements: str
-  sample: ["write /var/lib/edgeml/bundles/digits/current: 3.0.0", "load digits 3.0.0 in place on slot blue"]
+  sample:
+    - stage digits 3.0.0 beside 1.0.0 on slot blue (admin port 8091)
+    - gates on the staged version (no public traffic reaches it)
+    - "promote 3.0.0: public traffic moves to it"
+    - "write /var/lib/edgeml/bundles/digits/current: 3.0.0"
+    - live window of 5 s on real traffic
+    - write /var/lib/edgeml/state/digits.json
+    - "commit: release 1.0.0"
 """
 
+import copy
+
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLModule
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_gates import GATES_ARGUMENT_SPEC
 from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_runner import run_model_deployment
 
 
@@ -406,40 +458,8 @@ def main() -> None:
         state_dir=dict(type="path", default="/var/lib/edgeml/state"),
         history_size=dict(type="int", default=10),
         log_lines=dict(type="int", default=40),
-        gates=dict(
-            type="dict",
-            default={},
-            options=dict(
-                readiness_timeout=dict(type="float", default=60),
-                smoke=dict(
-                    type="dict",
-                    default={},
-                    options=dict(
-                        enabled=dict(type="bool", default=True),
-                        source=dict(type="str", choices=["expected", "recorded"]),
-                        min_pass_ratio=dict(type="float", default=1.0, no_log=False),
-                    ),
-                ),
-                latency=dict(
-                    type="dict",
-                    default={},
-                    options=dict(
-                        enabled=dict(type="bool", default=True),
-                        requests=dict(type="int", default=30),
-                        p95_ms=dict(type="float"),
-                    ),
-                ),
-                error_rate=dict(
-                    type="dict",
-                    default={},
-                    options=dict(
-                        enabled=dict(type="bool", default=True),
-                        soak_seconds=dict(type="float", default=5),
-                        max_ratio=dict(type="float", default=0.0),
-                    ),
-                ),
-            ),
-        ),
+        # A copy: AnsibleModule writes into the spec it is given.
+        gates=dict(type="dict", default={}, options=copy.deepcopy(GATES_ARGUMENT_SPEC)),
     )
     wrapper = EdgeMLModule(
         argument_spec,

@@ -14,6 +14,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_client import
 from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_gates import (
     Gates,
     GateSettings,
+    histogram_quantile,
     parse_metrics,
     percentile,
     request_counts,
@@ -161,14 +162,31 @@ def test_metrics_parsing():
             'edgeml_requests_total{model="d",version="1",endpoint="infer",code="400"} 1.0',
             'edgeml_errors_total{model="d",type="bad_input"} 1.0',
             'edgeml_errors_total{model="d",type="inference_failed"} 2.0',
+            'edgeml_requests_total{model="d",version="2",endpoint="infer",code="500"} 5.0',
             'edgeml_model_info{model="d",version="1",sha256="x"} 1.0',
+            'edgeml_request_duration_seconds_bucket{model="d",version="1",endpoint="infer",le="0.01"} 4.0',
+            'edgeml_request_duration_seconds_bucket{model="d",version="1",endpoint="infer",le="0.1"} 9.0',
+            'edgeml_request_duration_seconds_bucket{model="d",version="1",endpoint="infer",le="+Inf"} 10.0',
+            'edgeml_request_duration_seconds_bucket{model="d",version="2",endpoint="infer",le="+Inf"} 5.0',
         ]
     )
     assert len(parse_metrics(text, ["edgeml_model_info"])) == 1
-    assert request_counts(text) == {
+    errors = {"bad_input": 1.0, "inference_failed": 2.0}
+    assert request_counts(text, "1") == {
         "requests": 10.0,
         "server_errors": 2.0,
-        "errors_by_type": {"bad_input": 1.0, "inference_failed": 2.0},
+        "errors_by_type": errors,
+        "buckets": {0.01: 4.0, 0.1: 9.0, float("inf"): 10.0},
     }
+    assert request_counts(text)["requests"] == 15.0 and request_counts(text)["server_errors"] == 7.0
     assert percentile([5, 1, 3, 2, 4], 95) == 5 and percentile([5, 1, 3, 2, 4], 50) == 3
     assert percentile(list(range(1, 101)), 95) == 95
+
+
+def test_histogram_quantile_interpolates_inside_the_bucket_as_prometheus_does():
+    # 100 observations: 50 under 10 ms, 40 in (10, 100] ms, 10 above 100 ms.
+    buckets = {0.01: 50.0, 0.1: 90.0, 1.0: 100.0, float("inf"): 100.0}
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.01)
+    assert histogram_quantile(0.95, buckets) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert histogram_quantile(0.95, {0.01: 0.0, float("inf"): 0.0}) is None
+    assert histogram_quantile(0.95, {0.01: 1.0, float("inf"): 10.0}) == 0.01  # beyond the last bound

@@ -12,25 +12,31 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import requests
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
 from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_client import (
     Files,
     ServerClient,
     sha256_file,
 )
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_plan import Refused, with_image
 from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_runner import build_request
-from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_service import (
-    DeployService,
-    Refused,
-    with_image,
-)
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_service import DeployService
 from ansible_collections.edgeml.fleet.tests.unit.plugins import bundle_models as models
 from ansible_collections.edgeml.fleet.tests.unit.plugins.module_utils import test__deploy_fakes as fx
 
-FAST_GATES = {"readiness_timeout": 20, "latency": {"requests": 5}, "error_rate": {"soak_seconds": 0.3}}
+FAST_GATES = {
+    "readiness_timeout": 20,
+    "latency": {"requests": 5},
+    "error_rate": {"soak_seconds": 0.3},
+    "live": {"seconds": 0.5},
+}
 
 
 class Env:
@@ -72,14 +78,14 @@ class Env:
 
     def deploy(self, **kw):
         svc = DeployService(build_request(self.params(**kw)), self.host, Files())
-        state = svc.load_state()
+        state = svc.store.load()
         target = svc.verify(state)
         seen = svc.observe(state)
         plan = svc.plan(target, seen)
         if plan.kind == "unchanged":
             return plan, None, state
-        outcome = svc.apply(target, seen, plan)
-        return plan, outcome, svc.record(state, target, plan, outcome)
+        outcome, state = svc.deploy(state, target, seen, plan)
+        return plan, outcome, state
 
     def serving(self, slot: str):
         answer = ServerClient(self.admin[slot], "digits").status()
@@ -109,7 +115,7 @@ def test_first_deploy_unchanged_swap_failed_swap_and_rollback(env):
     plan, outcome, state = env.deploy(version="1")
     assert plan.kind == "bluegreen" and plan.slot == "blue" and plan.old_slot is None
     assert outcome.outcome == "deployed", outcome
-    assert [g.name for g in outcome.gates] == ["readiness", "smoke", "latency", "error_rate"]
+    assert [g.name for g in outcome.gates] == ["readiness", "smoke", "latency", "error_rate", "live"]
     assert all(g.passed for g in outcome.gates)
     assert env.host.running() == ["edgeml-digits-blue.service"]
     assert env.units() == ["edgeml-digits-blue.container"] and env.pointer() == "1\n"
@@ -141,7 +147,7 @@ def test_first_deploy_unchanged_swap_failed_swap_and_rollback(env):
     assert outcome.outcome == "rolled_back" and outcome.failed.name == "smoke"
     assert outcome.restored_version == "2" and env.serving("blue") == "2" and env.pointer() == "2\n"
     assert outcome.rollback_reason.startswith("smoke gate: 2 of 4 vectors wrong")
-    assert any("swap done" in line for line in outcome.log_tail)
+    assert outcome.log_tail and outcome.exposed is False  # judged before any public request reached it
     assert state["serving"]["version"] == "2"
     assert state["last_failure"]["gate"] == "smoke" and state["last_failure"]["version"] == "3"
     assert state["last_failure"]["measured"]["pass_ratio"] == 0.5
@@ -240,19 +246,22 @@ def test_refused_before_anything_changes(env, change, words):
 
 def test_image_digest_accepts_repo_digest_and_id(env):
     svc = DeployService(build_request(env.params(image_digest=fx.IMAGE_DIGEST)), env.host, Files())
-    assert svc.verify_image(fx.IMAGE, fx.IMAGE_DIGEST, None) == fx.IMAGE_ID
-    assert svc.verify_image(fx.IMAGE, fx.IMAGE_ID, None) == fx.IMAGE_ID
+    assert svc.verifier.verify_image(fx.IMAGE, fx.IMAGE_DIGEST, None) == fx.IMAGE_ID
+    assert svc.verifier.verify_image(fx.IMAGE, fx.IMAGE_ID, None) == fx.IMAGE_ID
     with pytest.raises(Refused, match="tag moved"):
-        svc.verify_image(fx.IMAGE, None, fx.IMAGE2_ID)
+        svc.verifier.verify_image(fx.IMAGE, None, fx.IMAGE2_ID)
 
 
 def test_plan_without_state_and_units(env):
     svc = DeployService(build_request(env.params()), env.host, Files())
-    state = svc.load_state()
+    state = svc.store.load()
     plan = svc.plan(svc.verify(state), svc.observe(state))
     assert plan.kind == "bluegreen" and plan.slot == "blue"
-    assert plan.actions[0].endswith("digits/current: 1")
-    assert "systemctl start edgeml-digits-blue.service" in plan.actions
+    assert plan.actions[0].endswith("edgeml-digits-blue.container (public port held, version 1 pinned)")
+    assert plan.actions.index("systemctl start edgeml-digits-blue.service") < plan.actions.index(
+        "open the public listener of slot blue"
+    )
+    assert any(a.endswith("digits/current: 1") for a in plan.actions)
 
 
 def test_corrupt_state_file_is_reported(env):
@@ -270,9 +279,164 @@ def test_with_image_rewrites_only_the_image_line():
 def test_one_deployment_at_a_time(env):
     first = DeployService(build_request(env.params()), env.host, Files())
     second = DeployService(build_request(env.params()), env.host, Files())
-    with first.lock():
+    with first.store.lock():
         with pytest.raises(EdgeMLError, match="Another deployment of digits is running"):
-            with second.lock():
+            with second.store.lock():
                 pass
-    with second.lock():  # released
+    with second.store.lock():  # released
         pass
+
+
+class PublicClient:
+    """Sends BODY to the shared public port until stopped; records who answered and how."""
+
+    def __init__(self, port: int, rows: int = 1) -> None:
+        self.url = f"http://127.0.0.1:{port}/v2/models/digits/infer"
+        self.body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [rows, 64], "data": [1.0] * 64 * rows}]}
+        self.versions: set[str] = set()
+        self.codes: dict[int, int] = {}
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set() and self.sent < 100_000:
+            self.sent += 1
+            try:
+                answer = session.post(self.url, json=self.body, timeout=5)
+            except requests.RequestException:
+                self.codes[0] = self.codes.get(0, 0) + 1
+                continue
+            self.codes[answer.status_code] = self.codes.get(answer.status_code, 0) + 1
+            if answer.status_code == 200:
+                self.versions.add(answer.json()["model_version"])
+            time.sleep(0.005)
+
+    def __enter__(self) -> PublicClient:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("mode", ["swap", "bluegreen"])
+def test_public_traffic_never_reaches_a_version_that_fails_its_gates(env, mode):
+    """The wrong-answer version 3 is judged while public clients keep getting version 2."""
+    env.deploy(version="2")
+    image = fx.IMAGE if mode == "swap" else fx.IMAGE2
+    with PublicClient(env.port) as client:
+        plan, outcome, state = env.deploy(version="3", image=image)
+    assert plan.kind == mode and outcome.outcome == "rolled_back" and outcome.failed.name == "smoke"
+    assert outcome.exposed is False and outcome.restored_version == "2"
+    assert client.sent > 0 and client.versions == {"2"}, client.versions
+    assert set(client.codes) == {200}, client.codes
+    assert env.public_version() == "2" and state["last_failure"]["version"] == "3"
+
+
+@pytest.mark.parametrize("mode", ["swap", "bluegreen"])
+def test_a_good_version_takes_public_traffic_only_after_its_gates(env, mode):
+    env.deploy(version="1")
+    image = fx.IMAGE if mode == "swap" else fx.IMAGE2
+    with PublicClient(env.port) as client:
+        plan, outcome, _state = env.deploy(version="2", image=image)
+    assert plan.kind == mode and outcome.outcome == "deployed", outcome
+    assert [g.name for g in outcome.gates][-1] == "live" and outcome.gates[-1].measured["requests"] > 0
+    assert client.versions <= {"1", "2"} and set(client.codes) == {200}, client.codes
+    assert env.public_version() == "2"
+
+
+@pytest.mark.parametrize("mode", ["swap", "bluegreen"])
+def test_live_window_switches_back_a_version_that_fails_on_real_traffic(env, mode):
+    """Version 5 passes every gate (batch 1) but fails inside onnxruntime on the batch-2
+    requests real clients send: the live window sees the 5xx and switches back."""
+    env.sha["5"] = fx.write_bundle(env.root, "5", fx.reshape_model())
+    env.deploy(version="1")
+    image = fx.IMAGE if mode == "swap" else fx.IMAGE2
+    with PublicClient(env.port, rows=2) as client:
+        plan, outcome, state = env.deploy(version="5", image=image, gates=dict(FAST_GATES, live={"seconds": 5}))
+    assert plan.kind == mode
+    assert outcome.outcome == "rolled_back" and outcome.failed.name == "live", outcome
+    assert outcome.exposed is True and outcome.restored_version == "1"
+    assert outcome.failed.measured["server_errors"] > 0
+    assert env.public_version() == "1" and env.pointer() == "1\n"
+    assert state["serving"]["version"] == "1"
+    assert state["last_failure"]["gate"] == "live" and "server errors" in state["last_failure"]["reason"]
+    assert client.versions <= {"1", "5"}
+
+
+def test_old_slot_that_stops_answering_is_recorded_not_a_crash(env):
+    """The serving slot hangs (SIGSTOP) while a blue/green deployment fails its smoke gate:
+    there is nothing to switch back to, and the result and state file say so."""
+    env.deploy(version="2")
+    blue = env.host.procs["edgeml-digits-blue.service"]
+    blue.send_signal(signal.SIGSTOP)
+    try:
+        plan, outcome, state = env.deploy(version="3", image=fx.IMAGE2)
+    finally:
+        blue.send_signal(signal.SIGCONT)
+    assert plan.kind == "bluegreen" and plan.slot == "green"
+    assert outcome.outcome == "rollback_failed" and outcome.failed.name == "smoke"
+    assert "slot blue" in outcome.rollback_reason
+    assert state["last_failure"]["reason"] == outcome.rollback_reason
+    assert state["serving"]["degraded"] == outcome.rollback_reason
+    assert env.host.running() == ["edgeml-digits-blue.service"] and env.serving("blue") == "2"
+
+
+class StateWriteFails(Files):
+    """Files whose writes to the state file fail after the first (the in-progress record)."""
+
+    def __init__(self, state_path: Path) -> None:
+        super().__init__()
+        self.state_path = str(state_path)
+        self.state_writes = 0
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        if path == self.state_path:
+            self.state_writes += 1
+            if self.state_writes > 1:
+                raise OSError(30, "Read-only file system", path)
+        super().write(path, text, mode)
+
+
+@pytest.mark.parametrize("mode", ["swap", "bluegreen"])
+def test_a_state_file_that_cannot_be_written_after_the_switch_switches_back(env, mode):
+    env.deploy(version="1")
+    files = StateWriteFails(env.state_dir / "digits.json")
+    image = fx.IMAGE if mode == "swap" else fx.IMAGE2
+    svc = DeployService(build_request(env.params(version="2", image=image)), env.host, files)
+    state = svc.store.load()
+    target = svc.verify(state)
+    seen = svc.observe(state)
+    outcome, _state = svc.deploy(state, target, seen, svc.plan(target, seen))
+    assert outcome.outcome == "rolled_back" and outcome.failed.name == "rollout"
+    assert "Read-only file system" in outcome.failed.detail and outcome.exposed is True
+    assert "could not be written" in outcome.rollback_reason
+    assert env.public_version() == "1" and env.pointer() == "1\n"
+    on_disk = json.loads((env.state_dir / "digits.json").read_text())
+    assert on_disk["serving"]["version"] == "1" and on_disk["in_progress"]["version"] == "2"
+
+
+def test_an_unwritable_state_directory_refuses_before_anything_changes(env):
+    """/proc takes no new directory, even from root (the lab's e2e suite mounts a real state
+    directory read-only for the same check on a host)."""
+    env.deploy(version="1")
+    with pytest.raises(Refused, match=r"Cannot write the state file /proc/edgeml-state/digits\.json"):
+        env.deploy(version="2", state_dir="/proc/edgeml-state")
+    assert env.serving("blue") == "1" and env.pointer() == "1\n"
+
+
+def test_a_stale_state_file_is_repaired_by_an_unchanged_run(env):
+    _plan, _outcome, state = env.deploy(version="1")
+    svc = DeployService(build_request(env.params(version="1")), env.host, Files())
+    target = svc.verify(state)
+    assert svc.store.stale(state, target, "blue") is None
+    stale = dict(state, in_progress={"version": "1", "plan": "bluegreen", "slot": "blue"}, serving=None)
+    why = svc.store.stale(stale, target, "blue")
+    assert why == "a deployment of 1 was interrupted"
+    repaired = svc.store.repair(stale, target, "blue", why)
+    assert svc.store.stale(repaired, target, "blue") is None
+    assert repaired["history"][0]["reason"] == "state file repaired: a deployment of 1 was interrupted"
+    assert json.loads((env.state_dir / "digits.json").read_text()) == repaired

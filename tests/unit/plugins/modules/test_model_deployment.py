@@ -144,7 +144,7 @@ def test_check_mode_plans_then_the_run_does_it_then_idempotent(env, capsys):
         "sha256": env["sha"]["1"],
     }
     assert real["image"] == {"ref": fx.IMAGE, "digest": fx.IMAGE_DIGEST}
-    assert [g["name"] for g in real["gates"]] == ["readiness", "smoke", "latency", "error_rate"]
+    assert [g["name"] for g in real["gates"]] == ["readiness", "smoke", "latency", "error_rate", "live"]
     assert real["actions"] == predicted["actions"]  # check mode predicted what the run did
     assert real["history"][0]["version"] == "1" and real["history"][0]["outcome"] == "deployed"
 
