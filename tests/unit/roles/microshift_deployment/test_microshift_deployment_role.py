@@ -55,6 +55,9 @@ SCENARIOS = {
         "microshift_deployment_replicas": 2,
         "microshift_deployment_bundle_root": "/srv/edge/bundles",
         "microshift_deployment_extra_labels": {"team": "vision"},
+        "microshift_deployment_readiness_probe": {
+            "initial_delay_seconds": 2, "period_seconds": 5, "timeout_seconds": 3, "failure_threshold": 4},
+        "microshift_deployment_readiness_require_expected": True,
         "microshift_deployment_resources": {
             "requests": {"cpu": "250m", "memory": "256Mi"},
             "limits": {"cpu": "2", "memory": "1Gi"},
@@ -145,11 +148,25 @@ def _container(rendered, scenario):
 def test_probes_point_at_the_oip_paths(rendered, scenario):
     container = _container(rendered, scenario)
     model = SCENARIOS[scenario]["microshift_deployment_model_name"]
-    assert container["readinessProbe"]["httpGet"] == {"path": f"/v2/models/{model}/ready", "port": "http"}
+    # Readiness: the model's readiness AND its answers to the bundle's ground truth, asked
+    # by the probe module inside the container, of the pod's own port, from the bundle mount.
+    readiness = container["readinessProbe"]
+    assert "httpGet" not in readiness
+    custom = scenario == "custom"  # timing 2/5/3/4 and require_expected
+    assert readiness["exec"] == {"command": [
+        "/opt/edgeml-server/venv/bin/python", "-m", "edgeml_server.probe", "--answers",
+        "http://127.0.0.1:8080", "/srv/models", model, "--deadline", "2.2" if custom else "7.5",
+        *(["--require-expected"] if custom else [])]}
+    # the probe's own deadline (3/4 of it) is under the kubelet's timeout: room for Python to start
+    timing = [readiness[k] for k in ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold")]
+    assert timing == ([2, 5, 3, 4] if custom else [1, 2, 10, 3])
+    # Liveness stays process health only: a pod that answers wrongly is not restarted in a loop.
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
-    # never readiness for liveness
-    assert container["livenessProbe"]["httpGet"]["path"] != container["readinessProbe"]["httpGet"]["path"]
+    assert container["livenessProbe"]["timeoutSeconds"] == 2
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    # the probe reads the same bundle root the server loads from
+    assert container["volumeMounts"][0]["mountPath"] == readiness["exec"]["command"][5]
+    assert rendered[scenario]["ConfigMap"]["data"]["EDGEML_BUNDLES"] == readiness["exec"]["command"][5]
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -237,7 +254,8 @@ def test_custom_variables(rendered):
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "localhost/edgeml-model-server:0.1.0"
     assert container["resources"] == SCENARIOS["custom"]["microshift_deployment_resources"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/my_model/ready"
+    assert container["readinessProbe"]["exec"]["command"][3:] == [
+        "--answers", "http://127.0.0.1:8080", "/srv/models", "my_model", "--deadline", "2.2", "--require-expected"]
     assert rendered["custom"]["ConfigMap"]["data"]["EDGEML_VERSION"] == "2.1.0+build.7"
 
 
@@ -249,7 +267,7 @@ def test_history_configmap(rendered):
 def test_validator_rejects_a_broken_manifest(rendered):
     """The schema check is real: a misspelt field fails strict validation."""
     doc = copy.deepcopy(rendered["default"]["Deployment"])
-    doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGett"] = {}
+    doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["execc"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
