@@ -107,6 +107,21 @@ class Strategy:
                 return now, said
             time.sleep(0.2)
 
+    def bring_back(
+        self, client: ServerClient, previous: str | None, slot: str, done: list[str]
+    ) -> tuple[str | None, str]:
+        """Make CLIENT's server serve PREVIOUS again: it may have been killed and restarted
+        meanwhile (systemd), onto what the pointer file named then; wait for it (bounded)
+        and load PREVIOUS into it if need be. Return (PREVIOUS or None, what it said)."""
+        now, said = serving_of(client)
+        if now != previous:
+            now, said = self.wait_serving(client, None)
+            if now is not None and now != previous and previous is not None:
+                answer = client.load(previous, timeout=max(self.req.gates.readiness_timeout, 1.0))
+                done.append(f"load {previous} back on slot {slot}: {'ok' if answer.ok else answer.reason()}")
+                now, said = self.wait_serving(client, previous)
+        return (now if now == previous else None), said
+
     def service_watch(self, slot: str) -> Watch:
         """(problem, pending) of the slot's systemd service, for the readiness and live gates."""
         service = self.layout.service(slot)
@@ -223,16 +238,7 @@ class InPlace(Strategy):
             answer = client.unstage()
             done.append(f"unstage {failed.name}-failed version" if answer.ok else f"unstage failed: {answer.reason()}")
         log_tail = self.log_tail(slot, seen.units.get(slot))
-        now, said = serving_of(client)
-        if now != previous:
-            # The server restarted (killed, or crashed) and loaded what the pointer named
-            # then: wait for it, and load the previous version into it if need be.
-            now, said = self.wait_serving(client, None)
-            if now is not None and now != previous and previous is not None:
-                answer = client.load(previous, timeout=max(self.req.gates.readiness_timeout, 1.0))
-                done.append(f"load {previous} back on slot {slot}: {'ok' if answer.ok else answer.reason()}")
-                now, said = self.wait_serving(client, previous)
-        restored = now if now == previous else None
+        restored, said = self.bring_back(client, previous, slot, done)
         if restored is None:
             problems.append(f"slot {slot} {said}, not {previous!r}")
         return rolled_back(
@@ -344,9 +350,11 @@ class BlueGreen(Strategy):
         failed_at = time.monotonic()
         slot, old = plan.slot, plan.old_slot
         problems: list[str] = []
+        reopened = not exposed
         if exposed and old_client is not None:
             try:
-                self._open(old_client, t.cast(str, old), done)
+                self._open(old_client, t.cast(str, old), done)  # first: public traffic is on the failed slot
+                reopened = True
             except EdgeMLError as exc:
                 problems.append(str(exc))
         log_tail = self.log_tail(slot, plan.unit)
@@ -365,10 +373,16 @@ class BlueGreen(Strategy):
             problems.append(f"cleaning up slot {slot} failed: {describe(exc)}")
         restored = None
         if old_client is not None:
-            now, said = serving_of(old_client)
-            if now is not None and now == seen.serving_version:
-                restored = now
-            else:
+            restored, said = self.bring_back(old_client, seen.serving_version, t.cast(str, old), done)
+            if restored is not None and not reopened:
+                # The old slot was down when it should have taken traffic back (killed too,
+                # and restarted by systemd): it serves again, so the open can be retried.
+                try:
+                    self._open(old_client, t.cast(str, old), done)
+                    problems = [p for p in problems if "did not open its public listener" not in p]
+                except EdgeMLError as exc:
+                    problems.append(str(exc))
+            if restored is None:
                 problems.append(f"slot {old} {said}, not {seen.serving_version!r}")
         return rolled_back(
             results,
