@@ -250,6 +250,9 @@ class Gates:
                 if status.ok and isinstance(status.json, dict):
                     serving = status.json.get("serving_version")
                     last = status.json.get("error") or f"serving {serving!r}, not {self.version!r}"
+                    if serving is None and str(status.json.get("error") or "").startswith("initial load failed"):
+                        # Live but never ready: the server does not retry a failed load by itself.
+                        return self._readiness(False, started, last)
                     swap = status.json.get("last_swap") or {}
                     if swap.get("requested_version") == self.version and swap.get("result") == "failure":
                         last = f"swap to {self.version} failed: {swap.get('reason')}"
