@@ -3,7 +3,8 @@ user would write by hand (bench/baseline_deploy.yml), on lab fleets of 4, 8 and 
 
 For each fleet size, in one run on the same hosts:
 - wall time of a good rollout (1.0.0 -> 3.0.0), ours and the baseline's;
-- failed requests seen by a load generator during each, and during a failed rollout of
+- failed requests and wrong answers seen by the known-answer load generator (tests/e2e/fleetops.py)
+  during each, and during a failed rollout of
   ours (2.0.0, stopped at the canary);
 - seconds from the failed gate to the previous version confirmed serving again, per host
   (reported by model_deployment).
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e")]
 
-from fleetops import GATES, LoadGenerator  # noqa: E402  (shared with the e2e tests)
+from fleetops import GATES, LoadGenerator, known_inputs  # noqa: E402  (shared with the e2e tests)
 
 BIN = Path(sys.executable).parent
 BENCH_DIR = ROOT / ".build" / "bench"
@@ -121,6 +122,12 @@ def remove_our_units(hosts: int) -> None:
     )
 
 
+def bad_and_sent(traffic: LoadGenerator) -> tuple[int, int]:
+    """Requests that failed or got a wrong answer or version, and requests sent, fleet-wide."""
+    hosts = traffic.per_host.values()
+    return sum(t.bad() for t in hosts), sum(t.sent for t in hosts)
+
+
 def measure(hosts: int) -> dict:
     playbook("playbooks/lab_up.yml", *lab_settings(hosts))
     playbook(
@@ -134,31 +141,31 @@ def measure(hosts: int) -> dict:
     row: dict = {"hosts": hosts}
     # Warm up: images pulled and 1.0.0 serving everywhere, outside the timings.
     assert deploy("1.0.0")[0] == 0, "warm-up rollout failed"
-    with LoadGenerator(urls) as traffic:
+    inputs = known_inputs(ROOT / "examples" / "out" / "bundles")
+    with LoadGenerator(urls, inputs, rolling_out="3.0.0") as traffic:
         code, row["ours_good_s"] = deploy("3.0.0")
     row["ours_good_ok"], row["ours_good_failed_requests"], row["ours_good_requests"] = (
         code == 0,
-        traffic.failed,
-        traffic.sent,
+        *bad_and_sent(traffic),
     )
-    with LoadGenerator(urls) as traffic:
+    # 2.0.0 answers wrongly: a request it answered counts as failed here.
+    with LoadGenerator(urls, inputs) as traffic:
         code, row["ours_failed_s"] = deploy("2.0.0")
     row["ours_failed_stopped"] = code != 0
-    row["ours_failed_failed_requests"], row["ours_failed_requests"] = traffic.failed, traffic.sent
+    row["ours_failed_failed_requests"], row["ours_failed_requests"] = bad_and_sent(traffic)
     canary = next(r for r in latest_report()["hosts"] if r["outcome"] == "rolled_back")
     row["rollback_seconds"] = canary.get("rollback_seconds")
     # The baseline on the same hosts: our units removed, the plain container in their place.
     remove_our_units(hosts)
     inventory = ["-i", str(BENCH_DIR / "hosts.yml")]
     playbook("bench/baseline_deploy.yml", *inventory, "-e", "model_version=1.0.0")
-    with LoadGenerator(urls) as traffic:
+    with LoadGenerator(urls, inputs, rolling_out="3.0.0") as traffic:
         code, row["baseline_good_s"] = playbook(
             "bench/baseline_deploy.yml", *inventory, "-e", "model_version=3.0.0", check=False
         )
     row["baseline_good_ok"], row["baseline_failed_requests"], row["baseline_requests"] = (
         code == 0,
-        traffic.failed,
-        traffic.sent,
+        *bad_and_sent(traffic),
     )
     playbook("playbooks/lab_down.yml", *lab_settings(hosts))
     return row
@@ -166,7 +173,7 @@ def measure(hosts: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| hosts | edgeml rollout (s) | baseline (s) | ratio | failed requests: edgeml good / failed rollout | "
+        "| hosts | edgeml rollout (s) | baseline (s) | ratio | failed or wrong answers: edgeml good / failed rollout | "
         "baseline | failed gate -> previous serving (s) |",
         "|---|---|---|---|---|---|---|",
     ]

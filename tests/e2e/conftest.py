@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from fleetops import LoadGenerator, deploy, latest_report, outcomes, serving_versions
+from fleetops import LoadGenerator, deploy, known_inputs, latest_report, outcomes, serving_versions
 from labtools import BIN, LAB_INVENTORY, podman
 
 
@@ -46,8 +46,10 @@ def fleet_on(fleet, model_bundles, server_image):
 
 
 @pytest.fixture
-def load(fleet):
-    return lambda **kwargs: LoadGenerator(fleet, **kwargs)
+def load(fleet, model_bundles):
+    """Known-answer traffic to every host meanwhile: `with load(rolling_out="3.0.0") as traffic:`."""
+    inputs = known_inputs(model_bundles)
+    return lambda **kwargs: LoadGenerator(fleet, inputs, **kwargs)
 
 
 def _image_variant(server_image: dict, tag: str, containerfile_tail: str, tmp_path_factory) -> dict:

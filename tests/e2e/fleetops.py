@@ -8,6 +8,8 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from labtools import BIN, LAB_INVENTORY, ROOT, podman, run_playbook
@@ -57,50 +59,189 @@ def outcomes(report: dict) -> dict[str, str]:
     return {row["host"]: row["outcome"] for row in report["hosts"]}
 
 
+# The known inputs come from a good bundle: every good version answers each of its smoke
+# vectors with the `expected` label (the smoke gate holds them to it); 2.0.0 does not.
+KNOWN_INPUTS_VERSION = "3.0.0"
+
+
+@dataclass(frozen=True)
+class KnownInput:
+    """One infer request body and the outputs a right answer carries (integer labels)."""
+
+    body: dict
+    expected: dict[str, list]  # output name -> data
+
+
+def known_inputs(bundle_root: Path) -> list[KnownInput]:
+    """The smoke vectors of a good bundle that carry ground truth, as requests that ask for
+    the expected outputs only (the label, INT64: compared exactly, no float noise)."""
+    manifest = json.loads((bundle_root / MODEL / KNOWN_INPUTS_VERSION / "model.json").read_text())
+    labelled = [vector for vector in manifest["smoke_tests"]["vectors"] if vector.get("expected")]
+    assert labelled, f"{MODEL} {KNOWN_INPUTS_VERSION} has no smoke vector with expected outputs"
+    for vector in labelled:
+        assert all(tensor["datatype"].startswith(("INT", "UINT")) for tensor in vector["expected"]), vector["expected"]
+    return [
+        KnownInput(
+            body={"inputs": vector["inputs"], "outputs": [{"name": tensor["name"]} for tensor in vector["expected"]]},
+            expected={tensor["name"]: tensor["data"] for tensor in vector["expected"]},
+        )
+        for vector in labelled
+    ]
+
+
 @dataclass
-class LoadReport:
+class HostTraffic:
+    """What one host answered. A request can count as both a wrong answer and a wrong version."""
+
     sent: int = 0
-    failed: int = 0
-    failures: list[str] = field(default_factory=list)
+    failed: int = 0  # no answer, or not HTTP 200 with the expected outputs in it
+    wrong_answer: int = 0
+    wrong_version: int = 0
+    slowest_ms: float = 0.0
+    failures: list[str] = field(default_factory=list)  # the first few, with time, host, version, detail
+
+    def bad(self) -> int:
+        return self.failed + self.wrong_answer + self.wrong_version
 
 
 class LoadGenerator:
-    """Infer requests to every host, round robin, until stopped (bounded in time and count)."""
+    """Known inputs to every host at once while a test acts on the fleet; checks every answer.
 
-    def __init__(self, fleet: dict[str, str], max_seconds: float = 900, max_requests: int = 200_000):
-        self.urls = [f"{url}/v2/models/{MODEL}/infer" for url in fleet.values()]
-        self.report = LoadReport()
+    One worker thread (one requests.Session) per host sends a request every PERIOD (a fixed
+    schedule: a slow answer is caught up on), cycling through the known inputs. Every answer must be HTTP 200, carry
+    the expected label and come from a version allowed at the moment it arrives. Allowed by
+    default: what the fleet serves at the start plus `rolling_out`; `allow()` replaces the set.
+    `pause(host)` stops the traffic to a host (and waits for its request in flight) while the
+    test stops it on purpose. Workers stop on leaving the `with` block, after `max_seconds`
+    or after `max_requests` per host, whichever comes first.
+    """
+
+    PERIOD = 0.02  # at least one request per host every 20 ms
+    FAILURES_KEPT = 5  # per host
+
+    def __init__(
+        self,
+        fleet: dict[str, str],
+        inputs: list[KnownInput],
+        rolling_out: str | None = None,
+        max_seconds: float = 900,
+        max_requests: int = 50_000,
+    ):
+        assert all(urlsplit(url).hostname == "127.0.0.1" for url in fleet.values()), fleet  # lab ports only
+        self.fleet = fleet
+        self.inputs = inputs
+        self.per_host = {host: HostTraffic() for host in fleet}
+        self.rolling_out = rolling_out
+        self._allowed: frozenset[str] = frozenset()
+        self._allowed_lock = threading.Lock()
+        self._host_locks = {host: threading.Lock() for host in fleet}  # held while a request is out
+        self._paused: set[str] = set()
         self._stop = threading.Event()
-        self._deadline = time.monotonic() + max_seconds
+        self._max_seconds = max_seconds
         self._max_requests = max_requests
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}
+        self._started = self._ended = 0.0
+        self._workers = [threading.Thread(target=self._work, args=(host,), daemon=True) for host in fleet]
 
-    def _run(self) -> None:
-        session = requests.Session()
-        index = 0
-        while not self._stop.is_set() and time.monotonic() < self._deadline and self.report.sent < self._max_requests:
-            url = self.urls[index % len(self.urls)]
-            index += 1
-            self.report.sent += 1
-            try:
-                answer = session.post(url, json=self._body, timeout=10)
-                ok = answer.status_code == 200
-                detail = f"{url}: HTTP {answer.status_code} {answer.text[:120]}"
-            except requests.RequestException as error:
-                ok, detail = False, f"{url}: {type(error).__name__}"
-            if not ok:
-                self.report.failed += 1
-                self.report.failures.append(detail)
-            time.sleep(0.01)
+    def allow(self, *versions: str) -> None:
+        """From now on, answers must come from one of these versions."""
+        with self._allowed_lock:
+            self._allowed = frozenset(versions)
 
-    def __enter__(self) -> LoadReport:
-        self._thread.start()
-        return self.report
+    def allowed(self) -> frozenset[str]:
+        with self._allowed_lock:
+            return self._allowed
+
+    def pause(self, host: str) -> None:
+        """No more requests to `host` (returns once its request in flight is answered and counted)."""
+        with self._host_locks[host]:
+            self._paused.add(host)
+
+    def resume(self, host: str) -> None:
+        with self._host_locks[host]:
+            self._paused.discard(host)
+
+    def __enter__(self) -> LoadGenerator:
+        serving = serving_versions(self.fleet)
+        assert None not in serving.values(), f"a host serves nothing before the load starts: {serving}"
+        self.allow(*serving.values(), *([self.rolling_out] if self.rolling_out else []))
+        self._started = time.monotonic()
+        for worker in self._workers:
+            worker.start()
+        return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        for worker in self._workers:
+            worker.join(timeout=30)
+        self._ended = time.monotonic()
+        print(self.summary())  # in the test's captured output (pytest -rP shows it for a pass too)
+
+    def _work(self, host: str) -> None:
+        url = f"{self.fleet[host]}/v2/models/{MODEL}/infer"
+        traffic, deadline = self.per_host[host], self._started + self._max_seconds
+        with requests.Session() as session:
+            session.trust_env = False  # straight to the lab port, never through a proxy from the environment
+            due = time.monotonic()
+            while not self._stop.is_set() and time.monotonic() < deadline and traffic.sent < self._max_requests:
+                with self._host_locks[host]:
+                    if host not in self._paused:
+                        self._send_and_check(host, session, url)
+                # A fixed schedule, one request every PERIOD: a slow answer is caught up on
+                # (at most one period's backlog), so the rate holds on a busy machine.
+                due = max(due + self.PERIOD, time.monotonic() - self.PERIOD)
+                self._stop.wait(max(0.0, due - time.monotonic()))
+
+    def _send_and_check(self, host: str, session: requests.Session, url: str) -> None:
+        traffic = self.per_host[host]
+        known = self.inputs[traffic.sent % len(self.inputs)]
+        traffic.sent += 1
+        began = time.monotonic()
+        try:
+            answer = session.post(url, json=known.body, timeout=10)
+        except requests.RequestException as error:
+            self._note(host, "failed", None, f"{type(error).__name__}: {error}")
+            return
+        traffic.slowest_ms = max(traffic.slowest_ms, (time.monotonic() - began) * 1000)
+        version = labels = None
+        try:
+            doc = answer.json()
+            version = doc["model_version"]
+            got = {out["name"]: out["data"] for out in doc["outputs"]}
+            labels = {name: got[name] for name in known.expected}
+        except (ValueError, KeyError, TypeError):
+            pass
+        if answer.status_code != 200 or labels is None:
+            self._note(host, "failed", version, f"HTTP {answer.status_code} {answer.text[:120]}")
+            return
+        if labels != known.expected:
+            self._note(host, "wrong_answer", version, f"expected {known.expected}, got {labels}")
+        if version not in self.allowed():
+            self._note(host, "wrong_version", version, f"allowed {sorted(self.allowed())}")
+
+    def _note(self, host: str, kind: str, version: str | None, detail: str) -> None:
+        traffic = self.per_host[host]
+        setattr(traffic, kind, getattr(traffic, kind) + 1)
+        if len(traffic.failures) < self.FAILURES_KEPT:
+            elapsed = time.monotonic() - self._started
+            traffic.failures.append(f"t={elapsed:.2f}s {host} {kind} version={version}: {detail}")
+
+    def summary(self) -> str:
+        """One line per host (counts, slowest answer), then the first failures kept."""
+        elapsed = (self._ended or time.monotonic()) - self._started if self._started else 0.0
+        lines = [f"load for {elapsed:.0f} s, allowed now {sorted(self.allowed())}"]
+        lines += [
+            f"{host}: sent={t.sent} failed={t.failed} wrong_answer={t.wrong_answer} "
+            f"wrong_version={t.wrong_version} slowest={t.slowest_ms:.0f}ms"
+            for host, t in self.per_host.items()
+        ]
+        lines += [failure for t in self.per_host.values() for failure in t.failures]
+        return "\n".join(lines)
+
+
+def assert_every_answer_right(load: LoadGenerator) -> None:
+    """Every host got requests, and none failed, answered wrongly or from a version not allowed."""
+    bad = {host: t for host, t in load.per_host.items() if t.sent == 0 or t.bad()}
+    assert not bad, f"load on {sorted(bad)}:\n{load.summary()}"
 
 
 def stop_host(host: str) -> None:
@@ -169,14 +310,44 @@ def path_exists_on(host: str, path: str) -> bool:
     return json.loads(result.split("=>", 1)[1])["stat"]["exists"]
 
 
-def rollout_with_a_host_stopped(fleet: dict[str, str], host: str, version: str, **extra) -> subprocess.Popen:
+def rollout_with_a_host_stopped(
+    fleet: dict[str, str], host: str, version: str, load: LoadGenerator, **extra
+) -> subprocess.Popen:
     """Roll out, stop `host` once the canary serves `version` (during the pause before the
-    next ring), let the rollout finish, then start the host again."""
+    next ring), let the rollout finish, then start the host again. The load skips `host`
+    while it is down on purpose."""
     rollout = popen_deploy(version, rollout_pause_seconds=15, **extra)
     try:
         wait_until_serving(fleet, "edge-1", version)
+        load.pause(host)
         stop_host(host)
         rollout.wait(timeout=600)
     finally:
         start_host(host, fleet)
+    load.resume(host)
     return rollout
+
+
+# A rollout takes one of two paths on a host (plugins/module_utils/_deploy_strategies.py):
+# in place (only the model changes) or blue/green (a new slot: here, another server image).
+MODES = ["in place", "blue/green"]
+DEFAULT_IMAGE = "localhost/edgeml-model-server:0.1.0"  # the role's default, built by server_image
+
+
+def registry_digest(image: str) -> str:
+    """The digest the lab registry serves for a local image name's tag (as the role pins it)."""
+    tag = image.rpartition(":")[2]
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+    answer = requests.head(
+        f"http://127.0.0.1:5000/v2/edgeml-model-server/manifests/{tag}", headers={"Accept": accept}, timeout=10
+    )
+    answer.raise_for_status()
+    return answer.headers["Docker-Content-Digest"]
+
+
+def bring_fleet_for(mode, fleet_on, next_image, version):
+    """The fleet on VERSION with the default server image, and what to deploy with so that
+    the rollout takes MODE: the same image (in place), or the other one (a new slot)."""
+    on_default = host_state("edge-1")["serving"]["image_digest"] == registry_digest(DEFAULT_IMAGE)
+    fleet_on(version, None if on_default else {"model_deployment_image": DEFAULT_IMAGE})
+    return {} if mode == "in place" else next_image

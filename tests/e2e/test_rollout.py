@@ -1,6 +1,7 @@
 """Rollout scenarios on the lab fleet (4 Debian 13 hosts: canary edge-1, wave1 edge-2 and
-edge-3, wave2 edge-4), each asserting the version every host ends on and, where it
-applies, that a load generator running meanwhile saw zero failed requests.
+edge-3, wave2 edge-4), each asserting the version every host ends on and that known-answer
+traffic to every host meanwhile (fleetops.LoadGenerator) got only right answers, from the
+versions the scenario allows, without a failed request (assert_every_answer_right).
 
 Versions (examples/README.md): 1.0.0 and 3.0.0 good, 2.0.0 answers wrongly, 4.0.0 too
 slow, 5.0.0 corrupt on the controller. The scenarios are ordered so that each starts from
@@ -13,8 +14,12 @@ import json
 import os
 import signal
 
+import pytest
 from fleetops import (
     GATES,
+    MODES,
+    assert_every_answer_right,
+    bring_fleet_for,
     deploy,
     host_state,
     latest_report,
@@ -34,13 +39,20 @@ def everyone(version):
     return dict.fromkeys(ALL_HOSTS, version)
 
 
-def test_wrong_outputs_are_stopped_at_the_canary_by_the_smoke_gate(fleet, fleet_on, load):
-    fleet_on("1.0.0")
-    with load() as traffic:
-        report = deploy("2.0.0")
+def assert_took_mode(mode, host):
+    """The host's newest history entry (the failed deployment) ran in MODE's slot."""
+    state = host_state(host)
+    same_slot = state["history"][0]["slot"] == state["serving"]["slot"]
+    assert same_slot == (mode == "in place"), state["history"][0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_wrong_outputs_are_stopped_at_the_canary_by_the_smoke_gate(fleet, fleet_on, next_image, load, mode):
+    image = bring_fleet_for(mode, fleet_on, next_image, "1.0.0")
+    with load() as traffic:  # 2.0.0 is judged before public traffic reaches it: never allowed to answer
+        report = deploy("2.0.0", **image)
     assert report["returncode"] != 0
     assert serving_versions(fleet) == everyone("1.0.0")
-    assert traffic.failed == 0, traffic.failures[:5]
     summary = latest_report()
     assert summary["halted"]
     assert outcomes(summary)["edge-1"] == "rolled_back"
@@ -49,27 +61,35 @@ def test_wrong_outputs_are_stopped_at_the_canary_by_the_smoke_gate(fleet, fleet_
     assert [gate["name"] for gate in canary["gates"] if not gate["passed"]] == ["smoke"]
     # The reason survives on the host, for whoever looks later.
     assert host_state("edge-1")["last_failure"]["gate"] == "smoke"
+    assert_took_mode(mode, "edge-1")
+    assert_every_answer_right(traffic)
 
 
-def test_too_slow_version_is_stopped_by_the_latency_gate(fleet, fleet_on):
-    fleet_on("1.0.0")
-    report = deploy("4.0.0")
+@pytest.mark.parametrize("mode", MODES)
+def test_too_slow_version_is_stopped_by_the_latency_gate(fleet, fleet_on, next_image, load, mode):
+    image = bring_fleet_for(mode, fleet_on, next_image, "1.0.0")
+    with load() as traffic:  # 4.0.0 (about 1.3 s an answer) never answers a public request
+        report = deploy("4.0.0", **image)
     assert report["returncode"] != 0
     assert serving_versions(fleet) == everyone("1.0.0")
     canary = next(row for row in latest_report()["hosts"] if row["host"] == "edge-1")
     failed = [gate for gate in canary["gates"] if not gate["passed"]]
     assert [gate["name"] for gate in failed] == ["latency"]
+    assert_took_mode(mode, "edge-1")
+    assert_every_answer_right(traffic)
 
 
-def test_corrupt_bundle_is_refused_before_anything_changes(fleet, fleet_on, model_bundles):
+def test_corrupt_bundle_is_refused_before_anything_changes(fleet, fleet_on, model_bundles, load):
     fleet_on("1.0.0")
     corrupt_root = model_bundles.parent / "corrupt-bundles"
-    report = deploy("5.0.0", model_deployment_bundle_src=str(corrupt_root))
+    with load() as traffic:  # 5.0.0 is never allowed to answer
+        report = deploy("5.0.0", model_deployment_bundle_src=str(corrupt_root))
     assert report["returncode"] != 0
     assert serving_versions(fleet) == everyone("1.0.0")
     assert outcomes(latest_report())["edge-1"] == "refused"
     assert not path_exists_on("edge-1", "/var/lib/edgeml/bundles/digits/5.0.0")
     assert report["stats"]["edge-1"]["changed"] == 0
+    assert_every_answer_right(traffic)
 
 
 def test_server_crashing_at_start_leaves_the_old_slot_serving(fleet, fleet_on, crashing_image, load):
@@ -78,18 +98,18 @@ def test_server_crashing_at_start_leaves_the_old_slot_serving(fleet, fleet_on, c
         report = deploy("1.0.0", **crashing_image)
     assert report["returncode"] != 0
     assert serving_versions(fleet) == everyone("1.0.0")
-    assert traffic.failed == 0, traffic.failures[:5]
     canary = next(row for row in latest_report()["hosts"] if row["host"] == "edge-1")
     assert [gate["name"] for gate in canary["gates"] if not gate["passed"]] == ["readiness"]
+    assert_every_answer_right(traffic)
 
 
 def test_good_version_reaches_every_ring_without_a_failed_request(fleet, fleet_on, load):
     fleet_on("1.0.0")
-    with load() as traffic:
+    with load(rolling_out="3.0.0") as traffic:
         report = deploy("3.0.0")
     assert report["returncode"] == 0
     assert serving_versions(fleet) == everyone("3.0.0")
-    assert traffic.sent > 50 and traffic.failed == 0, traffic.failures[:5]
+    assert all(host.sent > 50 for host in traffic.per_host.values()), traffic.summary()
     summary = latest_report()
     assert not summary["halted"]
     assert set(outcomes(summary).values()) == {"deployed"}
@@ -98,14 +118,17 @@ def test_good_version_reaches_every_ring_without_a_failed_request(fleet, fleet_o
     assert {gate["name"] for gate in summary["hosts"][0]["gates"]} >= {"readiness", "smoke", "latency", "error_rate"}
     html = sorted((ROOT / ".build" / "reports").glob("rollout-*.html"))[-1].read_text()
     assert "edge-4" in html and "Completed" in html
+    assert_every_answer_right(traffic)
 
 
-def test_same_version_again_changes_nothing(fleet, fleet_on):
+def test_same_version_again_changes_nothing(fleet, fleet_on, load):
     fleet_on("3.0.0")
-    report = deploy("3.0.0")
+    with load() as traffic:
+        report = deploy("3.0.0")
     assert report["returncode"] == 0
     assert all(report["stats"][host]["changed"] == 0 for host in ALL_HOSTS), report["stats"]
     assert set(outcomes(latest_report()).values()) == {"unchanged"}
+    assert_every_answer_right(traffic)
 
 
 def test_new_server_image_switches_slots_without_a_failed_request(fleet, fleet_on, next_image, load):
@@ -115,40 +138,48 @@ def test_new_server_image_switches_slots_without_a_failed_request(fleet, fleet_o
         report = deploy("3.0.0", **next_image)
     assert report["returncode"] == 0
     assert serving_versions(fleet) == everyone("3.0.0")
-    assert traffic.failed == 0, traffic.failures[:5]
     assert host_state("edge-1")["serving"]["slot"] != slot_before
+    assert_every_answer_right(traffic)
 
 
-def test_manual_rollback_of_one_host_and_of_the_fleet(fleet, fleet_on):
+def test_manual_rollback_of_one_host_and_of_the_fleet(fleet, fleet_on, load):
     fleet_on("3.0.0")
     settings = {"model_deployment_registry_tls_verify": False, "model_deployment_gates": GATES}
-    one = run_playbook(
-        "rollback.yml", "-e", json.dumps({**settings, "rollback_to": "1.0.0"}), "--limit", "edge-2", check=False
-    )
-    assert one["returncode"] == 0
-    assert serving_versions(fleet) == {**everyone("3.0.0"), "edge-2": "1.0.0"}
-
-    # "previous": the newest successful deployment other than what serves now.
-    expected = {}
-    for host in ALL_HOSTS:
-        state = host_state(host)
-        serving = (state["serving"]["version"], state["serving"]["image_id"])
-        expected[host] = next(
-            entry["version"]
-            for entry in state["history"]
-            if entry["outcome"] == "deployed" and (entry["version"], entry["image_id"]) != serving
+    with load(rolling_out="1.0.0") as traffic:
+        one = run_playbook(
+            "rollback.yml", "-e", json.dumps({**settings, "rollback_to": "1.0.0"}), "--limit", "edge-2", check=False
         )
-    everything = run_playbook("rollback.yml", "-e", json.dumps(settings), check=False)
+        assert one["returncode"] == 0
+        assert serving_versions(fleet) == {**everyone("3.0.0"), "edge-2": "1.0.0"}
+
+        # "previous": the newest successful deployment other than what serves now.
+        expected = {}
+        for host in ALL_HOSTS:
+            state = host_state(host)
+            serving = (state["serving"]["version"], state["serving"]["image_id"])
+            expected[host] = next(
+                entry["version"]
+                for entry in state["history"]
+                if entry["outcome"] == "deployed" and (entry["version"], entry["image_id"]) != serving
+            )
+        traffic.allow(*serving_versions(fleet).values(), *expected.values())
+        everything = run_playbook("rollback.yml", "-e", json.dumps(settings), check=False)
     assert everything["returncode"] == 0
     assert serving_versions(fleet) == expected
     assert expected["edge-2"] == "3.0.0"
+    assert_every_answer_right(traffic)
 
 
-def test_host_stopped_mid_wave_over_the_threshold_rolls_back_the_rollout(fleet, fleet_on):
+def test_host_stopped_mid_wave_over_the_threshold_rolls_back_the_rollout(fleet, fleet_on, load):
     fleet_on("1.0.0")
-    rollout = rollout_with_a_host_stopped(
-        fleet, "edge-3", "3.0.0", rollout_ring_overrides={"wave1": {"serial": 2, "max_fail_percentage": 49}}
-    )
+    with load(rolling_out="3.0.0") as traffic:
+        rollout = rollout_with_a_host_stopped(
+            fleet,
+            "edge-3",
+            "3.0.0",
+            traffic,
+            rollout_ring_overrides={"wave1": {"serial": 2, "max_fail_percentage": 49}},
+        )
     assert rollout.returncode != 0
     summary = latest_report()
     assert summary["halted"] and "ring wave1" in summary["halt_reason"]
@@ -156,27 +187,34 @@ def test_host_stopped_mid_wave_over_the_threshold_rolls_back_the_rollout(fleet, 
     assert outcomes(summary)["edge-4"] == "skipped (rollout halted)"
     # One consistent version across the fleet.
     assert serving_versions(fleet) == everyone("1.0.0")
+    assert_every_answer_right(traffic)  # edge-3 too, while it was up
 
 
-def test_host_stopped_mid_wave_within_the_threshold(fleet, fleet_on):
+def test_host_stopped_mid_wave_within_the_threshold(fleet, fleet_on, load):
     """wave1 (edge-2, edge-3) in one batch that tolerates half of it failing."""
     fleet_on("1.0.0")
-    rollout = rollout_with_a_host_stopped(
-        fleet, "edge-3", "3.0.0", rollout_ring_overrides={"wave1": {"serial": 2, "max_fail_percentage": 50}}
-    )
-    assert rollout.returncode != 0  # a host did not get the version: the run says so
-    summary = latest_report()
-    assert not summary["halted"]
-    assert outcomes(summary)["edge-3"] == "unreachable"
-    assert serving_versions(fleet) == {**everyone("3.0.0"), "edge-3": "1.0.0"}
-    # Converge: run again once the host is back.
-    assert deploy("3.0.0")["returncode"] == 0
+    with load(rolling_out="3.0.0") as traffic:
+        rollout = rollout_with_a_host_stopped(
+            fleet,
+            "edge-3",
+            "3.0.0",
+            traffic,
+            rollout_ring_overrides={"wave1": {"serial": 2, "max_fail_percentage": 50}},
+        )
+        assert rollout.returncode != 0  # a host did not get the version: the run says so
+        summary = latest_report()
+        assert not summary["halted"]
+        assert outcomes(summary)["edge-3"] == "unreachable"
+        assert serving_versions(fleet) == {**everyone("3.0.0"), "edge-3": "1.0.0"}
+        # Converge: run again once the host is back.
+        assert deploy("3.0.0")["returncode"] == 0
     assert serving_versions(fleet) == everyone("3.0.0")
+    assert_every_answer_right(traffic)
 
 
 def test_controller_killed_mid_rollout_then_rerun_converges(fleet, fleet_on, load):
     fleet_on("3.0.0")
-    with load() as traffic:
+    with load(rolling_out="1.0.0") as traffic:
         rollout = popen_deploy("1.0.0", rollout_pause_seconds=15)
         wait_until_serving(fleet, "edge-1", "1.0.0")
         os.killpg(rollout.pid, signal.SIGKILL)
@@ -186,4 +224,4 @@ def test_controller_killed_mid_rollout_then_rerun_converges(fleet, fleet_on, loa
         report = deploy("1.0.0")
     assert report["returncode"] == 0
     assert serving_versions(fleet) == everyone("1.0.0")
-    assert traffic.failed == 0, traffic.failures[:5]
+    assert_every_answer_right(traffic)
