@@ -13,6 +13,9 @@ BUILD_DIR := .build
 SANITY_ROOT := $(BUILD_DIR)/sanity/ansible_collections/edgeml/fleet
 LAB_INVENTORY := inventories/lab/hosts.yml
 PYTEST := $(BIN)/python -m pytest
+# Extra pytest flags of the unit tests: `make check` runs them on two xdist workers
+# (UNIT_FLAGS="-n 2"); `make unit` and `make test` run them in one process.
+UNIT_FLAGS ?=
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := $(if $(CI),0,1)
@@ -20,7 +23,7 @@ export PATH := $(BIN):$(PATH)
 # Podman needs the project's containers.conf only on some kernels; the probe says when.
 export CONTAINERS_CONF := $(shell roles/lab/files/podman-conf-probe.sh)
 
-.PHONY: help setup demo test shared-artifacts lint sanity unit server-test molecule integration e2e lab-up lab-down provision \
+.PHONY: help setup demo test check shared-artifacts lint sanity unit server-test molecule integration e2e lab-up lab-down provision \
         survey models server-image deploy-demo bench-server bench-rollout build clean \
         vm-image vm-boot-test vm-molecule vm-test
 
@@ -93,6 +96,22 @@ deploy-demo: ## Roll out v1, try the faulty v2, roll out v3, show the fleet
 
 # --- tests -------------------------------------------------------------------------
 
+# The fast inner loop: the four layers that need no lab, no VM and no artifact, side by
+# side on the 2 cores. The unit tests (on two xdist workers) and the server tests wait a
+# lot on real servers and subprocesses, and some of their gates time out in seconds: they
+# get the CPU first; lint and sanity (pure CPU) run at a lower priority in the gaps. Each
+# layer's output is printed whole when it ends; every layer runs to its end even when
+# another failed. `make test` runs the same layers one after the other (and the rest).
+CHECK_MAKE = $(MAKE) --no-print-directory -j2 --output-sync=target --keep-going
+check: setup ## Fast inner loop: lint, sanity, unit and server tests side by side (under 5 min)
+	@started=$$(date +%s); \
+	nice -n 10 $(CHECK_MAKE) lint sanity & static=$$!; \
+	tests=0; $(CHECK_MAKE) unit server-test UNIT_FLAGS="-n 2" || tests=$$?; \
+	lint=0; wait $$static || lint=$$?; \
+	verdict() { [ "$$1" = 0 ] && echo passed || echo FAILED; }; \
+	echo "== make check: $$(( $$(date +%s) - started ))s; lint and sanity $$(verdict $$lint), unit and server tests $$(verdict $$tests) =="; \
+	[ $$lint = 0 ] && [ $$tests = 0 ]
+
 lint: setup ## ansible-lint (production profile) and ruff
 	ansible-lint --profile production
 	ruff check .
@@ -112,7 +131,7 @@ sanity: setup ## ansible-test sanity on the built collection
 	cd $(SANITY_ROOT) && git init -q && ansible-test sanity --venv --python 3.11 --color no
 
 unit: setup ## Unit tests (no lab needed)
-	$(PYTEST) tests/unit
+	$(PYTEST) $(UNIT_FLAGS) tests/unit
 
 server-test: setup ## Model server tests (real onnxruntime and HTTP on 127.0.0.1)
 	$(PYTEST) -c server/pytest.ini server/tests

@@ -11,9 +11,11 @@ scripts/run-test-suite.sh); runs alone with `pytest -m vm tests/vm` or `make vm-
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from labtools import BIN, ROOT, playbook_fact, run_playbook
+from skipcheck import NO_SKIPS
 
 VM_TOOLS = ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4")
 MISSING = [
@@ -28,7 +31,8 @@ MISSING = [
     *(tool for tool in VM_TOOLS if not shutil.which(tool)),
 ]
 # `make vm-test` (and so `make test`) sets EDGEML_VM_REQUIRED: there a missing tool is a
-# failure, not a quiet skip that would let the suite pass without its VM layer.
+# failure with what is missing. Elsewhere the module skips, and that skip fails the run too
+# unless tests/skip-allowlist.yml allows it (tests/skipcheck.py): it does not.
 REQUIRED = os.environ.get("EDGEML_VM_REQUIRED") == "1"
 
 pytestmark = [
@@ -128,11 +132,52 @@ def test_boot_test_serves_the_model(molecule_vm):
     assert 0 < result["boot_to_ssh_seconds"] <= result["boot_to_ready_seconds"]
 
 
+MOLECULE_VM_TESTS = ROOT / "molecule" / "vm" / "tests"
+# The last line of a pytest run: "==== 7 passed, 1 warning in 12.34s (0:00:12) ====".
+PYTEST_SUMMARY = re.compile(r"=+ (\d+ [a-z]+(?:, \d+ [a-z]+)*) in [\d.]+s\b[^\n]*?=+\s*$", re.MULTILINE)
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def verify_tests() -> list[str]:
+    """The test functions of the scenario's verify step (molecule/vm/tests/test_*.py)."""
+    return sorted(
+        node.name
+        for path in MOLECULE_VM_TESTS.glob("test_*.py")
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    )
+
+
+def verify_results(output: str) -> dict[str, int]:
+    """The counts of the verify step's pytest summary line (testinfra, -v) in Molecule's output."""
+    summaries = PYTEST_SUMMARY.findall(output)
+    assert len(summaries) == 1, f"the verify step's pytest run should print one summary line: {summaries}"
+    counts = {}
+    for part in summaries[0].split(", "):
+        number, word = part.split(" ", 1)
+        counts[word] = int(number)
+    return counts
+
+
 @pytest.mark.slow  # about 8 min under TCG
 def test_molecule_vm_scenario(molecule_vm):
     run = molecule_vm["run"]
     assert run.returncode == 0, (
         f"molecule test -s vm failed after {molecule_vm['seconds']} s:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     )
-    assert "idempotence" in run.stdout + run.stderr
+    output = ANSI.sub("", run.stdout + "\n" + run.stderr)
+    assert "idempotence" in output
+    # The verify step's own results, not only Molecule's exit status: a verify that found
+    # no test file, collected nothing or skipped everything exits 0 too.
+    tail = output[-6000:]
+    counts = verify_results(output)
+    assert counts.get("passed", 0) > 0, f"the verify step passed no test: {counts}\n{tail}"
+    assert set(counts) <= {"passed", "warning", "warnings"}, f"the verify step did not only pass: {counts}\n{tail}"
+    tests = verify_tests()
+    assert tests, f"no test function in {MOLECULE_VM_TESTS}"
+    not_passed = [name for name in tests if not re.search(rf"::{name}(\[[^\]\s]*\])? PASSED", output)]
+    assert not not_passed, f"the verify step did not pass {not_passed}:\n{tail}"
+    assert counts["passed"] >= len(tests), counts
+    # The skip policy ran in the verify step too (the repository's pytest.ini loads it).
+    assert NO_SKIPS in output, f"the verify step printed no skip summary:\n{tail}"
     assert not list(MOLECULE_VM_DIR.glob("*.qcow2")), "the throwaway disk is removed"
