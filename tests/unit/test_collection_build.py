@@ -37,26 +37,64 @@ def installed(tmp_path_factory):
     return {"tarball": tarball, "path": target / "ansible_collections" / "edgeml" / "fleet", "env": env}
 
 
+def _listing(installed) -> list[str]:
+    return subprocess.run(["tar", "-tzf", installed["tarball"]], check=True, capture_output=True,
+                          text=True).stdout.split()
+
+
 def test_tarball_ships_no_local_state(installed):
-    listing = subprocess.run(["tar", "-tzf", installed["tarball"]], check=True, capture_output=True,
-                             text=True).stdout.split()
-    for unwanted in (".venv/", ".lab/", ".collections/", ".build/", "inventories/lab/hosts.yml"):
+    listing = _listing(installed)
+    for unwanted in (".venv/", ".lab/", ".collections/", ".build/", ".vm/", "inventories/lab/", "examples/"):
         assert not [name for name in listing if name.startswith(unwanted)], unwanted
+    for cache in ("__pycache__", ".ruff_cache", ".pytest_cache", ".mypy_cache"):
+        assert not [name for name in listing if cache in name.split("/")], cache
+    assert not [name for name in listing if name.endswith(".pyc")]
     assert "galaxy.yml" not in listing  # replaced by MANIFEST.json
     assert "MANIFEST.json" in listing
 
 
+def test_tarball_ships_no_repository_tooling(installed):
+    """Tests (but ansible-test's sanity ignore list), Molecule, scripts, benchmarks, CI, the
+    Makefile and the checkout's configuration stay in the repository."""
+    listing = _listing(installed)
+    for unwanted in ("molecule/", "scripts/", "bench/", ".ci/", "server/tests/", "playbooks/group_vars/"):
+        assert not [name for name in listing if name.startswith(unwanted)], unwanted
+    for unwanted in ("Makefile", "ansible.cfg", "pytest.ini", "ruff.toml", "requirements.txt"):
+        assert unwanted not in listing, unwanted
+    assert [name for name in listing if name.startswith("tests/") and not name.endswith("/")] == [
+        "tests/sanity/ignore-2.19.txt"
+    ]
+
+
+def test_tarball_ships_the_lab_as_test_support_only(installed):
+    """The lab fleet, the VM test harness and the example pipeline are this checkout's test
+    support; only the podman probe the image-building roles call ships from roles/lab."""
+    listing = _listing(installed)
+    assert sorted(name for name in listing if name.startswith("roles/lab/") and not name.endswith("/")) == [
+        "roles/lab/files/containers.conf",
+        "roles/lab/files/podman-conf-probe.sh",
+    ]
+    playbooks = sorted(name.removeprefix("playbooks/") for name in listing
+                       if name.startswith("playbooks/") and name.endswith(".yml"))
+    assert playbooks == ["_rollout_report.yml", "_rollout_ring.yml", "build_server_image.yml", "deploy_model.yml",
+                         "fleet_status.yml", "fleet_survey.yml", "os_update.yml", "provision.yml", "rollback.yml"]
+    assert "plugins/filter/lab.py" not in listing
+
+
 def test_installed_collection_has_its_roles(installed):
-    assert (installed["path"] / "roles" / "lab" / "meta" / "argument_specs.yml").is_file()
+    for role in ("edge_host", "model_deployment", "model_server_image", "os_image", "os_update", "microshift",
+                 "microshift_deployment"):
+        assert (installed["path"] / "roles" / role / "meta" / "argument_specs.yml").is_file(), role
+    assert not (installed["path"] / "roles" / "lab" / "meta").exists()
 
 
-def test_ansible_doc_shows_the_lab_role(installed):
+def test_ansible_doc_shows_a_collection_role(installed):
     doc = subprocess.run(
-        [BIN / "ansible-doc", "-t", "role", "edgeml.fleet.lab"],
+        [BIN / "ansible-doc", "-t", "role", "edgeml.fleet.model_deployment"],
         check=True, capture_output=True, text=True, env=installed["env"], cwd=installed["path"].parents[2],
     )
-    assert "lab_host_count" in doc.stdout
-    assert "ENTRY POINT: *main* - Bring a local lab fleet" in doc.stdout
+    assert "model_deployment_bundle_src" in doc.stdout
+    assert "ENTRY POINT: *main*" in doc.stdout
 
 
 def test_ansible_doc_lists_the_collection_roles(installed):
@@ -64,4 +102,5 @@ def test_ansible_doc_lists_the_collection_roles(installed):
         [BIN / "ansible-doc", "-t", "role", "-l", "edgeml.fleet"],
         check=True, capture_output=True, text=True, env=installed["env"], cwd=installed["path"].parents[2],
     )
-    assert "edgeml.fleet.lab" in listing.stdout
+    assert "edgeml.fleet.model_deployment" in listing.stdout
+    assert "edgeml.fleet.lab" not in listing.stdout
