@@ -41,6 +41,12 @@ def _host_facts() -> dict:
 def served(model_bundles, server_image):
     """digits 1.0.0 served from the registry-pulled image by a quadlet unit on the host."""
     host = testinfra.get_host(f"ansible://{HOST}?ansible_inventory={LAB_INVENTORY}")
+    # The lab's serving port may be held by a model deployment (an earlier test's): its
+    # slot is stopped for this test and started again after it.
+    listed = host.run("systemctl list-units --state=active --plain --no-legend 'edgeml-digits-*.service'").stdout
+    deployed = [line.split()[0] for line in listed.splitlines() if line.strip()]
+    if deployed:
+        host.run_expect([0], "systemctl stop " + " ".join(deployed))
     _copy_bundle(model_bundles, "1.0.0")
     unit = "\n".join(
         [
@@ -65,6 +71,8 @@ def served(model_bundles, server_image):
     yield host, _host_facts()["edgeml_model_url_from_controller"]
     host.run(f"systemctl stop edgeml-itest.service; rm -f {UNIT}; systemctl daemon-reload")
     host.run("rm -rf /var/lib/edgeml-itest")
+    if deployed:
+        host.run_expect([0], "systemctl start " + " ".join(deployed))
 
 
 def test_ready_after_self_test(served):
