@@ -181,3 +181,20 @@ def test_molecule_vm_scenario(molecule_vm):
     # The skip policy ran in the verify step too (the repository's pytest.ini loads it).
     assert NO_SKIPS in output, f"the verify step printed no skip summary:\n{tail}"
     assert not list(MOLECULE_VM_DIR.glob("*.qcow2")), "the throwaway disk is removed"
+
+
+def test_bootc_containerfile_builds_on_the_stand_in_base(model_bundles):
+    """The bootc backend's Containerfile, built with podman from the lab's Debian base, which
+    stands in for a bootc base here (no bootc base image can be pulled, and without
+    bootc-image-builder no disk image is made: the README's support table says so). A second
+    run with the same context builds nothing."""
+    first = playbook_fact(run_playbook("build_image.yml", "-e", "os_image_backend=bootc"), "os_image_result")
+    assert first["backend"] == "bootc" and first["bootable"] is False
+    assert first["disk_images"] == "skipped: no bootc-image-builder"
+    image = f"{first['image']}:{first['tags'][-1]}"
+    inspect = subprocess.run(["podman", "image", "inspect", image], check=True, capture_output=True, text=True)
+    inspected = json.loads(inspect.stdout)[0]
+    assert inspected["Id"].removeprefix("sha256:") == first["id"].removeprefix("sha256:")
+    assert inspected["Labels"]["io.edgeml.build.context-sha256"]
+    again = playbook_fact(run_playbook("build_image.yml", "-e", "os_image_backend=bootc"), "os_image_result")
+    assert again["changed"] is False and again["id"] == first["id"]
