@@ -442,3 +442,18 @@ def test_a_stale_state_file_is_repaired_by_an_unchanged_run(env):
     assert svc.store.stale(repaired, target, "blue") is None
     assert repaired["history"][0]["reason"] == "state file repaired: a deployment of 1 was interrupted"
     assert json.loads((env.state_dir / "digits.json").read_text()) == repaired
+
+
+def test_a_version_the_server_refuses_to_load_in_place_never_reaches_public_clients(env):
+    """In place, the crash-at-start of a model: its self-test fails at load, so the stage is
+    refused; the serving version never stopped and no public client saw anything else."""
+    env.deploy(version="2")
+    bdir = fx.bw.write_bundle(env.root, "digits", "9", models.digits_model(), fx.rows(), tamper_outputs=True)
+    env.sha["9"] = sha256_file(str(bdir / "model.onnx"))
+    with PublicClient(env.port) as client:
+        plan, outcome, state = env.deploy(version="9")
+    assert plan.kind == "swap" and outcome.outcome == "rolled_back" and outcome.exposed is False
+    assert outcome.failed.name == "readiness" and "the server refused version 9" in outcome.failed.detail
+    assert outcome.restored_version == "2" and env.serving("blue") == "2" and env.pointer() == "2\n"
+    assert client.sent > 0 and client.versions == {"2"} and set(client.codes) == {200}, client.codes
+    assert state["last_failure"]["gate"] == "readiness"
