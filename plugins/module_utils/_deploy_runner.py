@@ -10,6 +10,7 @@ docs/deployment-result.md.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import typing as t
@@ -262,17 +263,10 @@ def _diff(svc: DeployService, seen: Observed, plan: Plan, target: Target) -> lis
 def run_model_deployment(wrapper: EdgeMLModule) -> dict[str, t.Any]:
     req = build_request(wrapper.params)
     svc = DeployService(req, HostClient(wrapper.module), Files())
-    state = svc.store.load()
-    try:
-        target = svc.verify(state)
-    except Refused as exc:
-        result = base_result(req, state, None)
-        result.update(outcome="refused", failed_gate=None)
-        wrapper.fail(exc, **result)
-    if wrapper.check_mode:
-        return _deploy(wrapper, svc, state, target)
-    with svc.store.lock():  # taken once the checks passed: a refused run leaves no trace
-        state = svc.store.load()  # as it is now, under the lock
+    # One deployment of NAME at a time (check mode changes nothing, so it takes no lock);
+    # the state is read and the artifacts verified once, under the lock.
+    with contextlib.nullcontext() if wrapper.check_mode else svc.store.lock():
+        state = svc.store.load()
         try:
             target = svc.verify(state)
         except Refused as exc:
