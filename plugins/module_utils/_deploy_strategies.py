@@ -350,13 +350,13 @@ class BlueGreen(Strategy):
         failed_at = time.monotonic()
         slot, old = plan.slot, plan.old_slot
         problems: list[str] = []
-        reopened = not exposed
+        reopened, open_error = not exposed, None
         if exposed and old_client is not None:
             try:
                 self._open(old_client, t.cast(str, old), done)  # first: public traffic is on the failed slot
                 reopened = True
             except EdgeMLError as exc:
-                problems.append(str(exc))
+                open_error = str(exc)
         log_tail = self.log_tail(slot, plan.unit)
         try:
             if exposed:
@@ -379,11 +379,13 @@ class BlueGreen(Strategy):
                 # and restarted by systemd): it serves again, so the open can be retried.
                 try:
                     self._open(old_client, t.cast(str, old), done)
-                    problems = [p for p in problems if "did not open its public listener" not in p]
+                    reopened = True
                 except EdgeMLError as exc:
-                    problems.append(str(exc))
+                    open_error = str(exc)
             if restored is None:
                 problems.append(f"slot {old} {said}, not {seen.serving_version!r}")
+        if not reopened and open_error:
+            problems.insert(0, open_error)
         return rolled_back(
             results,
             failed,
