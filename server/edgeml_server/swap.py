@@ -28,6 +28,13 @@ from .metrics import Metrics
 log = logging.getLogger("edgeml_server.swap")
 
 
+def _load_failure(exc: Exception) -> tuple[str, int]:
+    """Why a load (swap or stage) failed, and its HTTP status: 404 for a version that does
+    not exist, 422 for one that failed its checks; a loader bug is an internal error."""
+    reason = str(exc) if isinstance(exc, BundleError) else f"internal error: {exc!r}"
+    return reason, 404 if "does not exist" in reason else 422
+
+
 class ModelManager:
     def __init__(
         self, root: Path, name: str, version: str | None, intra_op_threads: int, metrics: Metrics
@@ -178,7 +185,7 @@ class ModelManager:
                 )
                 new = await asyncio.to_thread(self._load, version)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, BundleError) else f"internal error: {exc!r}"
+                reason, status = _load_failure(exc)
                 self.last_swap = {
                     "trigger": trigger,
                     "requested_version": version,
@@ -201,7 +208,6 @@ class ModelManager:
                         }
                     },
                 )
-                status = 404 if "does not exist" in reason else 422
                 return status, {
                     "error": f"swap to version {version!r} failed: {reason}",
                     "serving_version": previous,
@@ -251,8 +257,7 @@ class ModelManager:
             try:
                 new = await asyncio.to_thread(self._load, version)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, BundleError) else f"internal error: {exc!r}"
-                return self._stage_failed(version, reason, 404 if "does not exist" in reason else 422)
+                return self._stage_failed(version, *_load_failure(exc))
             new.on_unload = self._on_unload
             if self._serves(version):  # a revert during the load restored this very version
                 self._retire(new)
