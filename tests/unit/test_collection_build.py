@@ -76,7 +76,8 @@ def test_tarball_ships_the_lab_as_test_support_only(installed):
     ]
     playbooks = sorted(name.removeprefix("playbooks/") for name in listing
                        if name.startswith("playbooks/") and name.endswith(".yml"))
-    assert playbooks == ["_rollout_report.yml", "_rollout_ring.yml", "build_server_image.yml", "deploy_model.yml",
+    assert playbooks == ["_rollout_report.yml", "_rollout_ring.yml", "_rollout_stage.yml", "build_server_image.yml",
+                         "deploy_model.yml",
                          "fleet_status.yml", "fleet_survey.yml", "os_update.yml", "provision.yml", "rollback.yml"]
     assert "plugins/filter/lab.py" not in listing
 
