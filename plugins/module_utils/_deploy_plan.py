@@ -85,6 +85,7 @@ class DeployRequest:
     gates: GateSettings
     log_lines: int = 40
     lock_dir: str = "/run/edgeml"
+    lock_wait: float = 0.0
 
 
 class HostLayout:

@@ -183,6 +183,9 @@ def build_request(params: dict[str, t.Any]) -> DeployRequest:
     history_size = params.get("history_size", 10)
     if not 1 <= history_size <= 1000:
         raise EdgeMLError(f"history_size is {history_size}; use 1..1000.")
+    lock_wait = _number(
+        params.get("lock_wait", 0), "lock_wait", 0, 86400, "Seconds; 0 fails at once when another deployment runs."
+    )
     return DeployRequest(
         name=params["name"],
         version=version,
@@ -198,6 +201,7 @@ def build_request(params: dict[str, t.Any]) -> DeployRequest:
         history_size=history_size,
         gates=_gates(params.get("gates")),
         log_lines=params.get("log_lines", 40),
+        lock_wait=lock_wait,
     )
 
 

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import typing as t
 
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
@@ -32,6 +33,8 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_plan import (
 )
 
 STATE_SCHEMA = 1
+# How often a deployment waiting for another one's lock tries again.
+LOCK_POLL_SECONDS = 0.5
 
 
 def _serving_entry(target: Target, slot: str, admin_port: int, since: str) -> dict[str, t.Any]:
@@ -67,14 +70,22 @@ class StateStore:
         key = hashlib.sha256(os.path.abspath(self.path).encode("utf-8")).hexdigest()[:16]
         path = os.path.join(self.req.lock_dir, f"{self.name}-{key}.lock")
         handle = open(path, "a", encoding="utf-8")
+        # A deployment whose controller died (killed, lost its SSH connection) runs on to its
+        # end on the host: a rerun right away waits for it (lock_wait) instead of failing.
+        deadline = time.monotonic() + self.req.lock_wait
         try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise EdgeMLError(
-                    f"Another deployment of {self.name} is running on this host (lock {path}).",
-                    "Wait for it to finish; do not run two plays against one host at once.",
-                ) from None
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        raise EdgeMLError(
+                            f"Another deployment of {self.name} is running on this host (lock {path}); "
+                            f"waited {self.req.lock_wait:g} s for it to finish.",
+                            "Wait for it to finish, or raise lock_wait; do not run two plays against one host at once.",
+                        ) from None
+                    time.sleep(LOCK_POLL_SECONDS)
             yield
         finally:
             handle.close()

@@ -171,6 +171,14 @@ options:
     description: Lines of the slot's log returned in RV(log_tail) when a gate fails.
     type: int
     default: 40
+  lock_wait:
+    description:
+      - Seconds to wait for another deployment of the same model on the host to finish (one
+        runs at a time). A deployment whose controller was killed or lost its connection runs
+        on to its end on the host; a rerun waits for it rather than failing.
+      - C(0) fails at once when another deployment runs.
+    type: int
+    default: 300
   gates:
     description: The gates a new version must pass before it keeps serving.
     type: dict
@@ -458,6 +466,7 @@ def main() -> None:
         state_dir=dict(type="path", default="/var/lib/edgeml/state"),
         history_size=dict(type="int", default=10),
         log_lines=dict(type="int", default=40),
+        lock_wait=dict(type="int", default=300),
         # A copy: AnsibleModule writes into the spec it is given.
         gates=dict(type="dict", default={}, options=copy.deepcopy(GATES_ARGUMENT_SPEC)),
     )

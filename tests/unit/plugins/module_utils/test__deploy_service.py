@@ -289,6 +289,36 @@ def test_one_deployment_at_a_time(env):
         pass
 
 
+def test_a_deployment_waits_for_the_one_running_within_lock_wait(env):
+    """A rerun right after a killed controller meets the deployment it left running."""
+    first = DeployService(build_request(env.params()), env.host, Files())
+    waiting = DeployService(build_request(env.params(lock_wait=30)), env.host, Files())
+    impatient = DeployService(build_request(env.params(lock_wait=1)), env.host, Files())
+    held = threading.Event()
+    release = threading.Event()
+
+    def run_first():
+        with first.store.lock():
+            held.set()
+            release.wait(10)
+
+    runner = threading.Thread(target=run_first)
+    runner.start()
+    assert held.wait(5)
+    with pytest.raises(EdgeMLError, match="waited 1 s for it to finish"):
+        with impatient.store.lock():
+            pass
+    threading.Timer(1.0, release.set).start()
+    with waiting.store.lock():  # got it once the first one ended
+        assert release.is_set()
+    runner.join(5)
+
+
+def test_lock_wait_out_of_range_is_refused(env):
+    with pytest.raises(EdgeMLError, match="lock_wait is -1; it must be between 0 and 86400"):
+        build_request(env.params(lock_wait=-1))
+
+
 class PublicClient:
     """Sends BODY to the shared public port until stopped; records who answered and how."""
 
