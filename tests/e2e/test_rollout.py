@@ -68,7 +68,7 @@ def test_wrong_outputs_are_stopped_at_the_canary_by_the_smoke_gate(fleet, fleet_
 @pytest.mark.parametrize("mode", MODES)
 def test_too_slow_version_is_stopped_by_the_latency_gate(fleet, fleet_on, next_image, load, mode):
     image = bring_fleet_for(mode, fleet_on, next_image, "1.0.0")
-    with load() as traffic:  # 4.0.0 (about 1.3 s an answer) never answers a public request
+    with load() as traffic:  # 4.0.0 (over a second an answer) never answers a public request
         report = deploy("4.0.0", **image)
     assert report["returncode"] != 0
     assert serving_versions(fleet) == everyone("1.0.0")
