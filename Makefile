@@ -159,7 +159,7 @@ vm-image: setup models ## Build the debian OS image (raw, qcow2, kernel, initrd)
 vm-boot-test: vm-image ## Boot the OS image in qemu (TCG) and check it serves
 	ansible-playbook playbooks/boot_test.yml
 
-vm-molecule: vm-image ## edge_host and a model deployment in one VM (about 7 min)
+vm-molecule: vm-image ## edge_host, then model_deployment (gates, a wrong-answer version rolled back) in one VM
 	molecule test -s vm
 
 vm-test: setup models ## VM layer tests: image build, then one VM: boot test and Molecule (about 12 min)

@@ -1,4 +1,8 @@
-"""edge_host and a model deployment, verified inside a real VM (qemu, TCG)."""
+"""edge_host and edgeml.fleet.model_deployment, verified inside a real VM (qemu, TCG).
+
+converge deployed 3.0.0 over the OS image's baked-in 1.0.0 (slot blue) through the role and
+its gates; side_effect tried the wrong-answer 2.0.0, which the smoke gate stopped.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,12 @@ import json
 PORT = "8080"
 MODEL = "digits"
 VERSION = "3.0.0"
+BAD_VERSION = "2.0.0"
+STATE = f"/var/lib/edgeml/state/{MODEL}.json"
+
+
+def state(vm) -> dict:
+    return json.loads(vm.file(STATE).content_string)
 
 
 def test_really_a_vm(vm):
@@ -39,12 +49,50 @@ def test_health_check_passes_against_the_real_server(vm):
     assert vm.service("edgeml-health-check.timer").is_running
 
 
+def test_model_deployment_took_over_the_baked_in_slot(vm):
+    # The image's unit was slot blue; the deployment started green beside it and retired blue.
+    serving = state(vm)["serving"]
+    assert serving["version"] == VERSION
+    assert serving["slot"] == "green"
+    assert not vm.file(f"/etc/containers/systemd/edgeml-{MODEL}-blue.container").exists
+    assert not vm.service(f"edgeml-{MODEL}-blue").is_running
+    unit = vm.file(f"/etc/containers/systemd/edgeml-{MODEL}-green.container").content_string
+    # Pinned by ID ("preloaded" delivery); the state records it as podman inspect does, sha256:ID.
+    assert f"Image={serving['image_id'].removeprefix('sha256:')}\n" in unit
+
+
 def test_model_server_unit_is_health_gated_and_active(vm):
-    assert vm.service(f"edgeml-{MODEL}").is_running
-    # Podman's health check, run now (the status below is the last check's, which runs every 10 s).
-    assert vm.run(f"podman healthcheck run edgeml-{MODEL}").rc == 0
-    health = vm.check_output("podman inspect edgeml-%s --format '{{.State.Health.Status}}'", MODEL)
+    assert vm.service(f"edgeml-{MODEL}-green").is_running
+    # Podman's health check, run now (the status below is the last check's, which runs every 2 s).
+    assert vm.run(f"podman healthcheck run edgeml-{MODEL}-green").rc == 0
+    health = vm.check_output("podman inspect edgeml-%s-green --format '{{.State.Health.Status}}'", MODEL)
     assert health == "healthy"
+
+
+def test_deployment_passed_every_gate(vm):
+    (deployed,) = [h for h in state(vm)["history"] if h["version"] == VERSION]
+    assert deployed["outcome"] == "deployed"
+    assert deployed["reason"] is None
+
+
+def test_wrong_answer_version_was_rolled_back(vm):
+    recorded = state(vm)
+    failure = recorded["last_failure"]
+    assert failure["version"] == BAD_VERSION
+    assert failure["gate"] == "smoke"
+    assert failure["reason"]
+    (attempt,) = [h for h in recorded["history"] if h["version"] == BAD_VERSION]
+    assert attempt["outcome"] == "rolled_back"
+    assert recorded["serving"]["version"] == VERSION
+    assert "in_progress" not in recorded
+    # Nothing of it is served: the public endpoint answers for 3.0.0 only.
+    code = vm.check_output(
+        "curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%s/v2/models/%s/versions/%s/ready",
+        PORT,
+        MODEL,
+        BAD_VERSION,
+    )
+    assert code != "200"
 
 
 def test_deployed_version_serves(vm):
@@ -57,11 +105,13 @@ def test_deployed_version_serves(vm):
     )
     assert code == "200"
     manifest = json.loads(vm.file(f"/var/lib/edgeml/bundles/{MODEL}/{VERSION}/model.json").content_string)
-    vector = manifest["smoke_tests"]["vectors"][0]
-    body = json.dumps({"inputs": vector["inputs"]})
-    answer = json.loads(
-        vm.check_output("curl -fsS -X POST --data-binary %s http://127.0.0.1:%s/v2/models/%s/infer", body, PORT, MODEL)
-    )
-    labels = {o["name"]: o["data"] for o in answer["outputs"]}
-    recorded = {o["name"]: o["data"] for o in vector["outputs"]}
-    assert labels["label"] == recorded["label"]
+    vectors = manifest["smoke_tests"]["vectors"]
+    assert vectors
+    for vector in vectors:  # every recorded answer, from the version that gave it
+        body = json.dumps({"inputs": vector["inputs"]})
+        url = f"http://127.0.0.1:{PORT}/v2/models/{MODEL}/infer"
+        answer = json.loads(vm.check_output("curl -fsS -X POST --data-binary %s %s", body, url))
+        assert answer["model_version"] == VERSION
+        labels = {o["name"]: o["data"] for o in answer["outputs"]}
+        recorded = {o["name"]: o["data"] for o in vector["outputs"]}
+        assert labels["label"] == recorded["label"]

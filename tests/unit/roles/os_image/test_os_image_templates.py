@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 
@@ -112,7 +113,7 @@ def test_blueprint_files_carry_greenboot_check_and_quadlet_unit():
     check = files["/etc/greenboot/check/required.d/50_edgeml_model_server_ready.sh"]
     assert check["mode"] == "0755"
     assert "/v2/models/digits/ready" in check["data"]
-    unit = files["/etc/containers/systemd/edgeml-digits.container"]["data"]
+    unit = files["/etc/containers/systemd/edgeml-digits-blue.container"]["data"]
     assert "Notify=healthy" in unit
     assert "Pull=never" in unit  # the image comes with the commit ([[containers]])
     assert "edgeml-image-load" not in unit
@@ -251,7 +252,29 @@ def test_quadlet_health_command_ends_without_quote():
     (health,) = [line for line in quadlet()["Container"] if line.startswith("HealthCmd=")]
     assert not health.endswith('"')
     argv = shlex.split(health.removeprefix("HealthCmd="))
-    assert argv[-1] == "http://127.0.0.1:8080/v2/models/digits/ready"
+    assert argv[-1] == "http://127.0.0.1:8091/v2/models/digits/ready"
+
+
+def test_quadlet_is_model_deployments_blue_slot():
+    """The baked-in server is slot blue as edgeml.fleet.model_deployment renders it: the
+    first deployment starts green beside it (SO_REUSEPORT on the public port, its own
+    admin port) and retires it without a gap."""
+    container = quadlet()["Container"]
+    assert "ContainerName=edgeml-digits-blue" in container
+    assert "Label=io.edgeml.slot=blue" in container
+    for line in ("EDGEML_PORT=8080", "EDGEML_ADMIN_PORT=8091", "EDGEML_REUSE_PORT=1", "EDGEML_BIND_WHEN_READY=1"):
+        assert f"Environment={line}" in container
+    moved = quadlet(os_image_server_admin_port=9191)["Container"]
+    assert "Environment=EDGEML_ADMIN_PORT=9191" in moved
+    assert any(line.endswith("http://127.0.0.1:9191/v2/models/digits/ready") for line in moved)
+
+
+def test_quadlet_matches_model_deployment_blue_slot():
+    """The same settings model_deployment's own unit carries for slot blue (defaults)."""
+    deployment_defaults = yaml.safe_load((ROLE.parent / "model_deployment" / "defaults" / "main.yml").read_text())
+    image_defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    assert image_defaults["os_image_server_admin_port"] == deployment_defaults["model_deployment_admin_ports"]["blue"]
+    assert image_defaults["os_image_server_uid"] == deployment_defaults["model_deployment_uid"]
 
 
 @pytest.mark.parametrize(("ports", "expected"), [([22], "{ 22, 8080 }"), ([22, 8080], "{ 22, 8080 }")])
