@@ -40,11 +40,11 @@ class BundleError(Exception):
 
 
 def valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name))
+    return bool(NAME_RE.fullmatch(name))
 
 
 def valid_version(version: str) -> bool:
-    return bool(VERSION_RE.match(version)) and version not in (".", "..")
+    return bool(VERSION_RE.fullmatch(version)) and version not in (".", "..")
 
 
 def read_pointer(root: Path, name: str) -> str:
@@ -273,7 +273,7 @@ def check_manifest(
         f"model.json: model.file {file!r} must be a plain file name inside the bundle",
     )
     _require(
-        isinstance(model.get("sha256"), str) and bool(SHA256_RE.match(model["sha256"])),
+        isinstance(model.get("sha256"), str) and bool(SHA256_RE.fullmatch(model["sha256"])),
         "model.json: model.sha256 must be 64 lowercase hex digits",
     )
     size = model.get("size")

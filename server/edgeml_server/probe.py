@@ -177,7 +177,7 @@ def _served_version(client: _Client, name: str) -> str:
     if status != 200:
         raise NotReady(f"GET {path} answered {status}: {_error_of(doc)}")
     version = doc.get("version") if isinstance(doc, dict) else None
-    if not isinstance(version, str) or not re.match(_VERSION_PATTERN, version) or version in (".", ".."):
+    if not isinstance(version, str) or not re.fullmatch(_VERSION_PATTERN, version) or version in (".", ".."):
         raise NotReady(f"GET {path} answered 200 but names no valid version: {str(doc)[:200]}")
     return version
 
@@ -281,7 +281,7 @@ def check_answers(
 
     Raise NotReady with the reason when the server is not ready by them.
     """
-    if not re.match(_NAME_PATTERN, name):
+    if not re.fullmatch(_NAME_PATTERN, name):
         raise NotReady(f"invalid model name {name!r}")
     client = _Client(base, timeout, time.monotonic() + deadline)
     try:
