@@ -76,9 +76,13 @@ def test_tarball_ships_the_lab_as_test_support_only(installed):
     ]
     playbooks = sorted(name.removeprefix("playbooks/") for name in listing
                        if name.startswith("playbooks/") and name.endswith(".yml"))
-    assert playbooks == ["_rollout_report.yml", "_rollout_ring.yml", "_rollout_stage.yml", "build_server_image.yml",
-                         "deploy_model.yml",
-                         "fleet_status.yml", "fleet_survey.yml", "os_update.yml", "provision.yml", "rollback.yml"]
+    assert playbooks == ["_rollout_report.yml", "_rollout_ring.yml", "_rollout_stage.yml", "aap_configure.yml",
+                         "build_server_image.yml", "bundle_model.yml", "deploy_model.yml",
+                         "fleet_status.yml", "fleet_survey.yml", "os_update.yml", "provision.yml", "rollback.yml",
+                         "vars/job_arguments.yml"]
+    # Automation Platform: the definitions and the project template ship (docs/aap.md).
+    assert "extensions/aap/controller_config.yml" in listing
+    assert "extensions/aap/project/deploy_model.yml" in listing
     assert "plugins/filter/lab.py" not in listing
 
 

@@ -161,6 +161,10 @@ def test_first_deploy_unchanged_swap_failed_swap_and_rollback(env):
     # rollback to a named version from the history
     plan, outcome, state = env.deploy(version=None, rollback="2", image=None)
     assert outcome.outcome == "deployed" and env.serving("blue") == "2"
+    # A rollback to the version that serves changes nothing: a workflow's rollback node
+    # sends every host back to the version before the release, also hosts never updated.
+    plan, outcome, _unused2 = env.deploy(version=None, rollback="2", image=None)
+    assert plan.kind == "unchanged" and outcome is None
     with pytest.raises(Refused, match="no such successful deployment"):
         env.deploy(version=None, rollback="3", image=None)  # 3 never deployed successfully
 
