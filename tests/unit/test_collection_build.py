@@ -83,6 +83,11 @@ def test_tarball_ships_the_lab_as_test_support_only(installed):
     # Automation Platform: the definitions and the project template ship (docs/aap.md).
     assert "extensions/aap/controller_config.yml" in listing
     assert "extensions/aap/project/deploy_model.yml" in listing
+    # The execution environment: its definition and what introspection reads; not the lab's build.
+    for shipped in ("execution-environment.yml", "extensions/ee/requirements.yml", "meta/execution-environment.yml",
+                    "meta/ee-requirements.txt", "meta/ee-bindep.txt"):
+        assert shipped in listing, shipped
+    assert not [name for name in listing if name.startswith("playbooks/templates/ee")]
     assert "plugins/filter/lab.py" not in listing
 
 
