@@ -25,7 +25,7 @@ export CONTAINERS_CONF := $(shell roles/lab/files/podman-conf-probe.sh)
 
 .PHONY: help setup demo test check shared-artifacts lint sanity unit server-test molecule integration e2e lab-up lab-down provision \
         survey models server-image deploy-demo bench-server bench-rollout build clean \
-        vm-image vm-boot-test vm-molecule vm-test
+        vm-image vm-boot-test vm-molecule vm-test ee aap-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -94,6 +94,11 @@ deploy-demo: ## Roll out v1, try the faulty v2, roll out v3, show the fleet
 	$(DEPLOY) -e model_version=3.0.0
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/fleet_status.yml
 
+# --- Automation Platform ------------------------------------------------------------
+
+ee: lab-up ## Build the lab execution environment (ansible-builder, podman) and push it to the lab registry
+	ansible-playbook playbooks/build_ee.yml -e build_ee_push_registry=127.0.0.1:5000
+
 # --- tests -------------------------------------------------------------------------
 
 # The fast inner loop: the four layers that need no lab, no VM and no artifact, side by
@@ -150,6 +155,10 @@ molecule: setup ## Molecule scenario of edge_host on Debian 12 and 13
 
 e2e: lab-up ## End-to-end rollout scenarios on the lab fleet
 	$(PYTEST) -m lab tests/e2e
+
+# Its own lab (edgeml-aap), so that it can run beside the e2e scenarios.
+aap-test: setup models ## Job templates and the release workflow through ansible-runner in the lab EE
+	$(PYTEST) -m lab tests/aap
 
 # --- OS images and VMs (qemu under TCG; see docs/os_image.md) ---
 
