@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import requests
+
 ROOT = Path(__file__).resolve().parents[1]
 LAB_INVENTORY = ROOT / "inventories" / "lab" / "hosts.yml"
 BIN = Path(sys.executable).parent
+# The model the lab fleets serve.
+MODEL = "digits"
 
 # testinfra and the playbooks below call ansible-* from this virtualenv.
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -79,3 +83,14 @@ def playbook_fact(report: dict, name: str):
                 if name in result.get("ansible_facts", {}):
                     return result["ansible_facts"][name]
     raise AssertionError(f"no task set {name}")
+
+
+def serving_versions(fleet: dict[str, str]) -> dict[str, str | None]:
+    """What each host serves right now, asked over HTTP (None: nothing answers)."""
+    versions = {}
+    for host, url in fleet.items():
+        try:
+            versions[host] = requests.get(f"{url}/v2/models/{MODEL}/status", timeout=3).json()["serving_version"]
+        except (requests.RequestException, ValueError, KeyError):
+            versions[host] = None
+    return versions

@@ -12,9 +12,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
-from labtools import BIN, LAB_INVENTORY, ROOT, podman, run_playbook
+from labtools import BIN, LAB_INVENTORY, MODEL, ROOT, podman, run_playbook, serving_versions
 
-MODEL = "digits"
 # Small gates keep each scenario short; the shapes and thresholds are what is tested.
 # The latency budget sits between the good models and 4.0.0, with room on both sides for
 # a busy machine (make test runs the VM layer and Molecule beside these scenarios). Good
@@ -28,17 +27,6 @@ GATES = {
     "error_rate": {"soak_seconds": 2, "max_ratio": 0.0},
 }
 DEPLOY_SETTINGS = {"model_deployment_registry_tls_verify": False, "model_deployment_gates": GATES}
-
-
-def serving_versions(fleet: dict[str, str]) -> dict[str, str | None]:
-    """What each host serves right now, asked over HTTP (None: nothing answers)."""
-    versions = {}
-    for host, url in fleet.items():
-        try:
-            versions[host] = requests.get(f"{url}/v2/models/{MODEL}/status", timeout=3).json()["serving_version"]
-        except (requests.RequestException, ValueError, KeyError):
-            versions[host] = None
-    return versions
 
 
 def deploy_args(version: str, **extra) -> list[str]:
