@@ -63,11 +63,13 @@ shared-artifacts: models
 
 # --- lab ---------------------------------------------------------------------------
 
+# One lab at a time comes up or goes down on a machine (tests/labtools.py takes the same lock).
+LAB_LOCK := flock /tmp/edgeml-lab.lock
 lab-up: setup ## Bring the local lab fleet up (idempotent)
-	ansible-playbook playbooks/lab_up.yml
+	$(LAB_LOCK) ansible-playbook playbooks/lab_up.yml
 
 lab-down: setup ## Remove every container, volume, network and image the lab made
-	ansible-playbook playbooks/lab_down.yml
+	$(LAB_LOCK) ansible-playbook playbooks/lab_down.yml
 
 survey: setup ## Print host, OS, podman version, site and ring of every lab host
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/fleet_survey.yml

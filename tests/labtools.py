@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -28,17 +29,27 @@ if "CONTAINERS_CONF" not in os.environ:
     ).stdout.strip()
 
 
+# Labs come up and go down one at a time on a machine (the Makefile takes the same lock):
+# lab_up clears what podman and netavark keep of dead containers, and a container another
+# lab is starting at that moment would look dead to it.
+LAB_LOCK = Path("/tmp/edgeml-lab.lock")
+LAB_PLAYBOOKS = ("lab_up.yml", "lab_down.yml")
+
+
 def run_playbook(playbook: str, *args: str, check: bool = True) -> dict:
     """Run a playbook from this checkout with the JSON callback and return its report."""
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
-    result = subprocess.run(
-        [BIN / "ansible-playbook", ROOT / "playbooks" / playbook, *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
+    with LAB_LOCK.open("a") as lock:
+        if playbook in LAB_PLAYBOOKS:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(
+            [BIN / "ansible-playbook", ROOT / "playbooks" / playbook, *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            check=False,
+        )
     try:
         report = json.loads(result.stdout[result.stdout.index("{") :])
     except ValueError:

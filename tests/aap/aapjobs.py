@@ -116,7 +116,8 @@ class JobRunner:
             "container_volume_mounts": [f"{self.bundles_dir}:{SHARED_BUNDLES}:Z"],
         }
 
-    def run(self, template: dict[str, Any], extra_vars: dict[str, Any]) -> Job:
+    def run(self, template: dict[str, Any], extra_vars: dict[str, Any], **job_options: Any) -> Job:
+        """Run a job; job_options are what a job template or its slice sets (forks, limit)."""
         private = self.private_data_dir()
         result = ansible_runner.run(
             private_data_dir=str(private),
@@ -124,12 +125,30 @@ class JobRunner:
             inventory=str(private / "inventory" / "hosts.yml"),
             extravars=extra_vars,
             quiet=True,
+            # Without one, ansible-runner takes SIGTERM for itself (to cancel the job) and
+            # the test run goes on: the suite stops a lane with SIGTERM.
+            cancel_callback=lambda: False,
             **self.container_options(),
+            **job_options,
         )
         stdout = result.stdout.read() if result.stdout else ""
         return Job(
             template["name"], template["playbook"], extra_vars, result.status, result.rc, list(result.events), stdout
         )
+
+
+def job_inventory(lab_inventory: Path, destination: Path, latency_budget_ms: int) -> Path:
+    """A lab inventory as an Automation Platform inventory holds it: no path of this checkout
+    (the key is the machine credential's, bundles are on the jobs' shared storage, reports
+    beside the inventory in the job's private data directory)."""
+    inventory = yaml.safe_load(lab_inventory.read_text())
+    for name in ("ansible_ssh_private_key_file", "model_deployment_bundle_src", "rollout_report_dir"):
+        inventory["all"]["vars"].pop(name, None)
+    # The lab registry is plain HTTP.
+    inventory["all"]["vars"]["model_deployment_registry_tls_verify"] = False
+    inventory["all"]["vars"]["model_deployment_gates"]["latency"]["p95_ms"] = latency_budget_ms
+    destination.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    return destination
 
 
 def survey_defaults(survey: dict[str, Any] | None) -> dict[str, Any]:

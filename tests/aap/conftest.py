@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aapjobs import SHARED_BUNDLES, JobRunner, controller_config
+from aapjobs import SHARED_BUNDLES, JobRunner, controller_config, job_inventory
 from labtools import ROOT, podman, run_playbook
 
 AAP_DIR = ROOT / ".build" / "aap"
 LAB = "edgeml-aap"
-REGISTRY_PORT = 5002
-SSH_PORT_BASE = 2240
-MODEL_PORT_BASE = 18180
+# Ports no other lab of the suite uses (main 2221-/18081-/5000, test_lab_play's
+# 2321-/18181-/5099, the VM 2290-2292/18092), since they run at the same time.
+REGISTRY_PORT = 5003
+SSH_PORT_BASE = 2360
+MODEL_PORT_BASE = 18360
 HOSTS = 3
 # What the deploy jobs run (model_deployment_image's default).
 SERVER_IMAGE = "localhost/edgeml-model-server:0.1.0"
@@ -91,22 +93,11 @@ def canary(lab_inventory) -> str:
 
 
 @pytest.fixture(scope="session")
-def job_inventory(aap_lab, tmp_path_factory) -> Path:
-    """The lab inventory as an Automation Platform inventory holds it: no path of this
-    checkout (the key is the machine credential's, bundles are on the jobs' shared storage,
-    reports beside the inventory in the job's private data directory)."""
-    inventory = yaml.safe_load(aap_lab["inventory"].read_text())
-    for name in ("ansible_ssh_private_key_file", "model_deployment_bundle_src", "rollout_report_dir"):
-        inventory["all"]["vars"].pop(name, None)
-    # The lab registry is plain HTTP.
-    inventory["all"]["vars"]["model_deployment_registry_tls_verify"] = False
+def aap_inventory(aap_lab, tmp_path_factory) -> Path:
     # This layer runs beside others on 2 cores (make test): what its gates must catch is a
     # wrong answer (smoke), never a slow one, so the latency budget is out of the way.
-    gates = inventory["all"]["vars"]["model_deployment_gates"]
-    gates["latency"]["p95_ms"] = 5000
-    path = tmp_path_factory.mktemp("aap-inventory") / "hosts.yml"
-    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
-    return path
+    destination = tmp_path_factory.mktemp("aap-inventory") / "hosts.yml"
+    return job_inventory(aap_lab["inventory"], destination, latency_budget_ms=5000)
 
 
 @pytest.fixture(scope="session")
@@ -119,12 +110,12 @@ def shared_bundles(model_bundles) -> Path:
 
 
 @pytest.fixture(scope="session")
-def runner(aap_lab, job_inventory, shared_bundles, tmp_path_factory) -> JobRunner:
+def runner(aap_lab, aap_inventory, shared_bundles, tmp_path_factory) -> JobRunner:
     """Job templates run in the lab EE, with the example models in their project."""
     out = ROOT / "examples" / "out"
     return JobRunner(
         work_dir=tmp_path_factory.mktemp("aap-jobs"),
-        inventory=job_inventory,
+        inventory=aap_inventory,
         ssh_key=aap_lab["ssh_key"],
         bundles_dir=shared_bundles,
         project_files={path.name: path for path in [*out.glob("digits-*.onnx"), out / "digits-samples.json"]},

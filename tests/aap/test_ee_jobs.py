@@ -90,6 +90,7 @@ def test_a_job_through_transmit_worker_process(runner, config, fleet, tmp_path):
             playbook=template["playbook"],
             inventory=str(private / "inventory" / "hosts.yml"),
             streamer="transmit",
+            cancel_callback=lambda: False,  # keep SIGTERM ours (aapjobs.JobRunner.run)
             _output=output,
             **runner.container_options(),
         )
@@ -102,7 +103,11 @@ def test_a_job_through_transmit_worker_process(runner, config, fleet, tmp_path):
         )
     with result_stream.open("rb") as results:
         processed = ansible_runner.run(
-            private_data_dir=str(tmp_path / "controller"), streamer="process", _input=results, quiet=True
+            private_data_dir=str(tmp_path / "controller"),
+            streamer="process",
+            _input=results,
+            quiet=True,
+            cancel_callback=lambda: False,
         )
     artifacts = Path(processed.artifact_dir)
     assert processed.status == "successful", (artifacts / "stdout").read_text()[-3000:]

@@ -79,6 +79,10 @@ def test_a_wrong_answer_version_is_rolled_back_by_the_workflow(release, fleet, f
     assert "rolled_back" in rollout["outcomes"].values()
     # The rollback node went back to the version the deploy job recorded, not "previous".
     assert walked[2].job.extra_vars["rollback_to"] == "1.0.0"
+    # The rollback node's own result is in its artifacts, and the status node's.
+    rolled_back = walked[2].job.artifacts["edgeml_rollout"]
+    assert rolled_back["completed"] is True and set(rolled_back["outcomes"]) == set(fleet)
+    assert walked[3].job.artifacts["edgeml_fleet_status"] == dict.fromkeys(fleet, "1.0.0")
     assert serving_versions(fleet) == dict.fromkeys(fleet, "1.0.0")
 
 
