@@ -110,6 +110,19 @@ def rollout_host(host_vars: Mapping) -> dict:
     }
 
 
+def report_dir(host_vars: Mapping) -> str:
+    """Where reports and fleet pages go for a run over this host's inventory:
+    `rollout_report_dir`, else reports/ beside the inventory it comes from (docs/paths.md)."""
+    if host_vars.get("rollout_report_dir"):
+        return str(host_vars["rollout_report_dir"])
+    if host_vars.get("inventory_dir"):
+        return f"{host_vars['inventory_dir']}/reports"
+    raise AnsibleFilterError(
+        f"reports go to reports/ beside the inventory, and {host_vars.get('inventory_hostname')} comes from none:"
+        " set rollout_report_dir"
+    )
+
+
 def _batches(hosts: list[dict], serial: int, site_budget: dict[str, int]) -> list[list[str]]:
     """Greedy batches in host order: at most `serial` hosts, at most the budget per site."""
     remaining = list(hosts)
@@ -318,11 +331,15 @@ def rollout_row(host_vars: Mapping) -> dict:
         "host": host_vars.get("inventory_hostname"),
         "ring": describe.get("ring") or "-",
         "site": describe.get("site") or "-",
+        "model": host_vars.get("edgeml_model_name"),
+        "attempted_version": host_vars.get("rollout_attempted_version"),
         "old_version": host_vars.get("rollout_old_version"),
         "new_version": host_vars.get("rollout_new_version"),
         "outcome": host_vars.get("rollout_outcome") or Outcome.NOT_STARTED,
         "reason": host_vars.get("rollout_reason"),
         "rollback_seconds": host_vars.get("rollout_rollback_seconds"),
+        # From the start of the host's batch to its deployment's end (or failure).
+        "seconds": host_vars.get("rollout_seconds"),
         "gates": gates,
         "gates_text": "; ".join(_gate_text(gate) for gate in gates),
     }
@@ -368,4 +385,5 @@ class FilterModule:
             "rollout_row": rollout_row,
             "rollout_summary": rollout_summary,
             "rollout_outcomes": rollout_outcomes,
+            "report_dir": report_dir,
         }

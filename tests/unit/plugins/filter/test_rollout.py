@@ -11,6 +11,7 @@ from ansible_collections.edgeml.fleet.plugins.filter.rollout import (
     FilterModule,
     Outcome,
     batch_exceeds,
+    report_dir,
     rollout_failure,
     rollout_host,
     rollout_judge,
@@ -19,6 +20,7 @@ from ansible_collections.edgeml.fleet.plugins.filter.rollout import (
     rollout_row,
     rollout_summary,
 )
+from rollout_records import ROLLED_BACK_CANARY
 
 
 def _host(name, ring, site, serial=1, max_fail=0):
@@ -107,23 +109,18 @@ def test_batch_fails_only_when_the_threshold_is_exceeded(failed, total, threshol
 
 
 def test_summary_row_reads_what_the_rollout_recorded():
-    row = rollout_row(
-        {
-            "inventory_hostname": "edge-1",
-            "rollout_describe": {"ring": "canary", "site": "site_a"},
-            "rollout_old_version": "1.0.0",
-            "rollout_new_version": "1.0.0",
-            "rollout_outcome": "rolled_back",
-            "rollout_reason": "smoke gate: 0 of 8 vectors right",
-            "rollout_gates": [
-                {"name": "readiness", "passed": True, "measured": {"seconds_to_ready": 1.5}},
-                {"name": "smoke", "passed": False, "measured": {"pass_ratio": 0.0}},
-            ],
-        }
-    )
+    row = rollout_row({"inventory_hostname": "edge-1", **ROLLED_BACK_CANARY})
     assert row["host"] == "edge-1" and row["ring"] == "canary"
     assert row["outcome"] == "rolled_back"
+    # A rolled-back host names the version it was asked to take, not only before/after.
+    assert (row["model"], row["attempted_version"], row["old_version"], row["new_version"]) == (
+        "digits",
+        "2.0.0",
+        "1.0.0",
+        "1.0.0",
+    )
     assert row["gates_text"] == "readiness:ok (seconds_to_ready=1.5); smoke:FAIL (pass_ratio=0.0)"
+    assert row["seconds"] == 14.2
 
 
 def test_summary_row_of_a_host_that_never_started():
@@ -385,3 +382,10 @@ def test_a_halted_run_or_a_failed_host_fails_the_run():
     assert failed["failed"] == ["b: unreachable at start"] and failed["status"].startswith("did not complete")
     with pytest.raises(AnsibleFilterError, match="rollout_unreachable"):
         rollout_summary([], unreachable="skip")
+
+
+def test_reports_go_to_the_setting_or_beside_the_inventory():
+    assert report_dir({"rollout_report_dir": "/srv/reports", "inventory_dir": "/inv"}) == "/srv/reports"
+    assert report_dir({"inventory_dir": "/inv"}) == "/inv/reports"
+    with pytest.raises(AnsibleFilterError, match="set rollout_report_dir"):
+        report_dir({"inventory_hostname": "edge-1"})
