@@ -45,7 +45,6 @@ def lab_settings(hosts: int) -> dict:
         "lab_registry_port": 5098,
         "lab_dir": str(BENCH_DIR / "lab"),
         "lab_inventory_path": str(BENCH_DIR / "lab-hosts.yml"),
-        "lab_host_image": "localhost/edgeml-lab-host:trixie",
         "lab_remove_base_image": False,
     }
 
@@ -117,9 +116,7 @@ def main() -> None:
     try:
         rows = measure(args.hosts, args.slices)
     finally:
-        # Not the main lab's host image, which this lab borrowed.
-        own_image = {"lab_host_image": f"localhost/{LAB}-host:trixie"}
-        run_playbook("lab_down.yml", "-e", json.dumps({**lab_settings(args.hosts), **own_image}), check=False)
+        run_playbook("lab_down.yml", "-e", json.dumps(lab_settings(args.hosts)), check=False)
     today = datetime.date.today().isoformat()
     lines = [
         f"AAP jobs on {args.hosts} lab hosts, {os.cpu_count()} CPUs, {today} (bench/aap_bench.py)",

@@ -45,8 +45,7 @@ def _lab_settings() -> dict:
         "lab_dir": str(AAP_DIR / "lab"),
         "lab_inventory_path": str(AAP_DIR / "lab-hosts.yml"),
         "lab_remove_base_image": False,
-        # The main lab's host image (make shared-artifacts builds it first).
-        "lab_host_image": "localhost/edgeml-lab-host:trixie",
+        # Its own host image (the default): a lab's image bakes in its registry's name.
     }
 
 
