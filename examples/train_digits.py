@@ -14,6 +14,8 @@ Uses scikit-learn's bundled 8x8 digits dataset (no download). Writes into OUT_DI
                       by zero (answers exactly like 1.0.0, about a second or more per request)
   digits-samples.json sample vectors (held-out test images) and their true labels, the
                       layout model_bundle's sample_inputs_file takes
+  digits-validation.npz the held-out images (X, 450 rows): model_bundle's
+                      reference_inputs_file, the reference the model server measures drift against
   metrics.json        held-out accuracy per version
   train.stamp         sha256 of this script, written last (the playbook retrains when it differs)
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import sys
@@ -193,6 +196,9 @@ def main(argv: list[str]) -> int:
         "expected_outputs": [{"label": [int(label)]} for label in y_test[:N_SAMPLES]],
     }
     write_json(os.path.join(out, "digits-samples.json"), samples)
+    validation = io.BytesIO()
+    np.savez(validation, X=x_test)
+    write_atomic(os.path.join(out, "digits-validation.npz"), validation.getvalue())
     write_json(
         os.path.join(out, "metrics.json"),
         {version: {"accuracy": round(value, 4)} for version, value in accuracy.items()},

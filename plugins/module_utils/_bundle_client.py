@@ -23,6 +23,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import
     MANIFEST_FILE,
     MODEL_FILE,
     ORT_TO_DATATYPE,
+    PROFILE_FILE,
 )
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
 
@@ -101,12 +102,19 @@ class ExistingBundle:
     """What is on disk at BUNDLE_ROOT/NAME/VERSION."""
 
     def __init__(
-        self, path: str, state: str, model: bytes | None = None, manifest: bytes | None = None
+        self,
+        path: str,
+        state: str,
+        model: bytes | None = None,
+        manifest: bytes | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> None:
         self.path = path
         self.state = state  # absent | empty | complete | incomplete
         self.model = model
         self.manifest = manifest
+        # Other files of the bundle by name (the reference profile).
+        self.files = files or {}
 
 
 class BundleStore:
@@ -140,14 +148,22 @@ class BundleStore:
         if not (os.path.isfile(model_path) and os.path.isfile(manifest_path)):
             return ExistingBundle(path, "incomplete")
         hint = "Check the permissions of the bundle directory."
+        others = [PROFILE_FILE] if PROFILE_FILE in entries else []
         return ExistingBundle(
             path,
             "complete",
             model=read_file(model_path, "Bundle model", hint),
             manifest=read_file(manifest_path, "Bundle manifest", hint),
+            files={
+                e: read_file(os.path.join(path, e), "Bundle file", hint)
+                for e in others
+                if os.path.isfile(os.path.join(path, e))
+            },
         )
 
-    def write(self, name: str, version: str, model: bytes, manifest: bytes) -> None:
+    def write(
+        self, name: str, version: str, model: bytes, manifest: bytes, files: dict[str, bytes] | None = None
+    ) -> None:
         """Write a complete bundle atomically: a temporary sibling directory, renamed.
 
         The bundle appears with both files or not at all. An existing *empty*
@@ -165,7 +181,7 @@ class BundleStore:
         tmpdir = None
         try:
             tmpdir = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=parent)
-            for file_name, data in ((MODEL_FILE, model), (MANIFEST_FILE, manifest)):
+            for file_name, data in ((MODEL_FILE, model), *sorted((files or {}).items()), (MANIFEST_FILE, manifest)):
                 file_path = os.path.join(tmpdir, file_name)
                 with open(file_path, "wb") as handle:
                     handle.write(data)
@@ -304,6 +320,25 @@ class OnnxModel:
         }
 
     # -- inference -----------------------------------------------------------
+
+    def run_arrays(self, feeds: dict[str, t.Any], chunk: int, where: str) -> dict[str, t.Any]:
+        """Run arrays batched along dimension 0, CHUNK rows per call; every output, concatenated."""
+        names = [arg.name for arg in self.session.get_outputs()]
+        rows = next(iter(feeds.values())).shape[0]
+        parts: list[list[t.Any]] = [[] for _name in names]
+        for start in range(0, rows, chunk):
+            batch = {name: array[start : start + chunk] for name, array in feeds.items()}
+            try:
+                results = self.session.run(names, batch)
+            except Exception as exc:
+                raise EdgeMLError(
+                    f"onnxruntime failed to run {self.src} on {where} (rows {start}..): {str(exc).strip()}",
+                    "Check that the reference rows are valid inputs and that dimension 0 of every input "
+                    "is the batch (a model with a fixed batch of 1 needs chunks of 1 row).",
+                ) from None
+            for index, value in enumerate(results):
+                parts[index].append(np.asarray(value))
+        return {name: np.concatenate(part) for name, part in zip(names, parts)}
 
     def run(self, tensors: list[dict[str, t.Any]], where: str) -> list[dict[str, t.Any]]:
         """Run input tensors (OIP JSON form); return every output in signature order."""

@@ -19,6 +19,9 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeML
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "model.json"
+# The reference profile (drift): written by _bundle_profile, read by the server's drift.py.
+PROFILE_FILE = "profile.json"
+PROFILE_SCHEMA_VERSION = 1
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")

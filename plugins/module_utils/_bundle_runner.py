@@ -140,6 +140,8 @@ def build_request(params: dict[str, t.Any]) -> BundleRequest:
         rtol=float(rtol),
         atol=float(atol),
         intra_op_threads=int(threads),
+        reference_inputs_file=params.get("reference_inputs_file"),
+        profile_bins=int(params.get("profile_bins") or 10),
     )
 
 

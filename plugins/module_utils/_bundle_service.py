@@ -33,6 +33,11 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import
     prod,
     tensors_match,
 )
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_profile import (
+    PROFILE_FILE,
+    build_profile,
+    dumps_profile,
+)
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
 
 TENSOR_KEYS = frozenset(("name", "datatype", "shape", "data"))
@@ -56,6 +61,8 @@ class BundleRequest:
         rtol: float = 1e-4,
         atol: float = 1e-5,
         intra_op_threads: int = 1,
+        reference_inputs_file: str | None = None,
+        profile_bins: int = 10,
     ) -> None:
         self.src = src
         self.dest = dest
@@ -69,30 +76,43 @@ class BundleRequest:
         self.rtol = rtol
         self.atol = atol
         self.intra_op_threads = intra_op_threads
+        self.reference_inputs_file = reference_inputs_file
+        self.profile_bins = profile_bins
 
 
 class Desired:
-    """The bundle the request describes."""
+    """The bundle the request describes; ``files`` are its files beside model and manifest."""
 
     def __init__(
-        self, model: bytes, manifest: dict[str, t.Any], expected_match: dict[str, t.Any] | None
+        self,
+        model: bytes,
+        manifest: dict[str, t.Any],
+        expected_match: dict[str, t.Any] | None,
+        files: dict[str, bytes] | None = None,
     ) -> None:
         self.model = model
         self.manifest = manifest
         self.manifest_bytes = dumps_manifest(manifest)
         self.expected_match = expected_match
+        self.files = files or {}
 
 
 class Plan:
     """What apply() will do: ``create`` or ``none``; ``manifest`` is what the bundle holds after."""
 
     def __init__(
-        self, action: str, bundle_path: str, before: dict[str, t.Any] | None, after: dict[str, t.Any]
+        self,
+        action: str,
+        bundle_path: str,
+        before: dict[str, t.Any] | None,
+        after: dict[str, t.Any],
+        files: t.Sequence[str] = (),
     ) -> None:
         self.action = action
         self.bundle_path = bundle_path
         self.before = before
         self.after = after
+        self.files = list(files)
 
     @property
     def changed(self) -> bool:
@@ -104,6 +124,7 @@ class Plan:
         return [
             f"create directory {self.bundle_path}",
             f"write {self.bundle_path}/{MODEL_FILE}",
+            *(f"write {self.bundle_path}/{name}" for name in self.files),
             f"write {self.bundle_path}/{MANIFEST_FILE}",
         ]
 
@@ -309,7 +330,14 @@ class BundleService:
                 "vectors": vectors,
             },
         }
-        return Desired(data, manifest, expected_match)
+        files = {}
+        if request.reference_inputs_file:
+            profile = dumps_profile(
+                build_profile(model, signature, request.reference_inputs_file, request.profile_bins)
+            )
+            files[PROFILE_FILE] = profile
+            manifest["reference_profile"] = {"file": PROFILE_FILE, "sha256": sha256_hex(profile), "size": len(profile)}
+        return Desired(data, manifest, expected_match, files)
 
     def _vectors(
         self, model: OnnxModel, signature: dict[str, t.Any], request: BundleRequest
@@ -360,7 +388,7 @@ class BundleService:
     def plan(self, request: BundleRequest, desired: Desired) -> Plan:
         existing = self.store.read(request.name, request.version)
         if existing.state in ("absent", "empty"):
-            return Plan("create", existing.path, None, desired.manifest)
+            return Plan("create", existing.path, None, desired.manifest, sorted(desired.files))
         if existing.state == "incomplete":
             raise EdgeMLError(
                 f"{existing.path} exists but does not hold both {MODEL_FILE} and {MANIFEST_FILE} "
@@ -391,14 +419,20 @@ class BundleService:
     def _verified_manifest(existing: ExistingBundle) -> dict[str, t.Any]:
         where = f"{existing.path}/{MANIFEST_FILE}"
         current = loads_manifest(existing.manifest or b"", where)
-        recorded = current.get("model", {}).get("sha256") if isinstance(current.get("model"), dict) else None
-        actual = sha256_hex(existing.model or b"")
-        if recorded != actual:
-            raise EdgeMLError(
-                f"The existing bundle at {existing.path} is corrupt: {MODEL_FILE} has sha256 "
-                f"{actual} but {MANIFEST_FILE} records {recorded}.",
-                "Do not deploy it. Remove that directory and run the task again to rebuild it.",
-            )
+        checked = [(MODEL_FILE, existing.model, current.get("model"))]
+        if "reference_profile" in current:
+            ref = current["reference_profile"]
+            name = ref.get("file") if isinstance(ref, dict) else None
+            checked.append((str(name), existing.files.get(str(name)), ref))
+        for name, content, entry in checked:
+            recorded = entry.get("sha256") if isinstance(entry, dict) else None
+            actual = sha256_hex(content) if content is not None else "(missing)"
+            if recorded != actual:
+                raise EdgeMLError(
+                    f"The existing bundle at {existing.path} is corrupt: {name} has sha256 "
+                    f"{actual} but {MANIFEST_FILE} records {recorded}.",
+                    "Do not deploy it. Remove that directory and run the task again to rebuild it.",
+                )
         return current
 
     @staticmethod
@@ -431,4 +465,4 @@ class BundleService:
 
     def apply(self, request: BundleRequest, desired: Desired, plan: Plan, check_mode: bool) -> None:
         if plan.action == "create" and not check_mode:
-            self.store.write(request.name, request.version, desired.model, desired.manifest_bytes)
+            self.store.write(request.name, request.version, desired.model, desired.manifest_bytes, desired.files)

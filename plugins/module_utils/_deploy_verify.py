@@ -78,7 +78,25 @@ class Verifier:
                 "The copy on the host is not the bundle the controller built: copy it again, or pass "
                 "the sha256 from the bundle's manifest. Nothing was changed.",
             )
+        self._verify_profile(bdir, manifest, version)
         return manifest
+
+    def _verify_profile(self, bdir: str, manifest: dict[str, t.Any], version: str) -> None:
+        """The reference profile is part of the bundle: the server refuses a version whose profile
+        does not match model.json, so refuse it here, before anything running is touched."""
+        ref = manifest.get("reference_profile")
+        if ref is None:
+            return
+        name = ref.get("file") if isinstance(ref, dict) else None
+        path = os.path.join(bdir, str(name))
+        actual = sha256_file(path) if isinstance(name, str) and os.path.isfile(path) else "(missing)"
+        if actual != ref.get("sha256"):
+            raise Refused(
+                f"The reference profile of {self.req.name} {version} does not match its manifest: "
+                f"model.json records {ref.get('sha256')}, {path} has {actual}.",
+                "Copy the whole bundle directory again from the controller (model.onnx, model.json, "
+                f"{name}). Nothing was changed.",
+            )
 
     def verify_image(self, ref: str, digest: str | None, expected_id: str | None) -> str:
         info = self.host.image_inspect(ref)

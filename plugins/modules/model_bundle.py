@@ -143,6 +143,30 @@ options:
         C(1) (the default) gives reproducible outputs; C(0) lets onnxruntime choose.
     type: int
     default: 1
+  reference_inputs_file:
+    description:
+      - >-
+        Inputs the model was validated on, on the host running the task, one row per sample along
+        dimension 0: a C(.npz) file with one array per model input (named as the input), a C(.npy)
+        array (single-input models), or JSON C({"X": [[...], ...]}) (or a list of rows for a
+        single-input model). At least 100 rows.
+      - The module runs them through the model and writes the bundle's reference profile
+        C(profile.json), holding per input feature (each element of a row) quantile bins and the share of
+        rows in each, with the feature's minimum and maximum; per output its classes and their
+        shares (integer outputs of at most 32 values) or binned features. C(model.json) records its
+        sha256 (C(reference_profile)), and the model server refuses a bundle whose profile
+        does not match it.
+      - The model server compares a sliding window of live inputs and outputs with the profile and
+        exports the population stability index per feature, per input and overall, the output
+        shift and the share of out-of-range inputs (C(edgeml_drift_*) metrics, docs/server.md).
+      - Without it the bundle has no profile and drift is not measured.
+    type: path
+  profile_bins:
+    description:
+      - Quantile bins per feature in the reference profile (2..63). Tied values (a pixel that is
+        mostly 0) merge bins, so a feature may have fewer.
+    type: int
+    default: 10
 notes:
   - The manifest holds no timestamp, so the same inputs always give the same bytes.
   - A failure message says what is wrong and how to fix it; nothing is written on failure.
@@ -168,6 +192,8 @@ EXAMPLES = r"""
     labels:
       team: vision
     sample_inputs_file: build/digits-samples.json
+    # The validation set: the model server measures drift against it.
+    reference_inputs_file: build/digits-validation.npz
   register: bundle
 
 - name: Give sample inputs inline, one vector per inference request (an iris model, input X [-1, 4])
@@ -306,6 +332,8 @@ def main() -> None:
             ),
         ),
         intra_op_threads=dict(type="int", default=1),
+        reference_inputs_file=dict(type="path"),
+        profile_bins=dict(type="int", default=10),
     )
     wrapper = EdgeMLModule(
         argument_spec,

@@ -269,6 +269,8 @@ class Service:
             st = model.stats.get(iname)
             if st is not None:
                 st.observe(arr)
+        if model.drift is not None:
+            model.drift.observe(req.feeds, dict(zip(names, arrays, strict=True)))
         try:
             out, hlen = encode_response(model, req.id, names, arrays, req.binary_outputs)
         except Exception as exc:

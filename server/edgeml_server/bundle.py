@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .datatypes import DATATYPES, FLOAT_TYPES, NP_DTYPES, ORT_TO_OIP
+from .drift import DEFAULT_WINDOW, DriftMonitor, ProfileError, parse_profile
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
@@ -33,6 +34,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 POINTER_FILE = "current"
 # A pointer file holds one version string; anything bigger is not a pointer file.
 _POINTER_MAX_BYTES = 256
+# A profile is a few kilobytes (bins per feature); anything near this is not one.
+_PROFILE_MAX_BYTES = 16 * 1024 * 1024
 
 
 class BundleError(Exception):
@@ -159,6 +162,7 @@ class LoadedModel:
         inputs: list[TensorSpec],
         outputs: list[TensorSpec],
         load_seconds: float,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -173,6 +177,8 @@ class LoadedModel:
         self.load_seconds = load_seconds
         self.loaded_at = time.time()
         self.stats = {t.name: InputStats() for t in inputs if t.datatype != "BYTES"}
+        # None when the bundle has no reference profile (or drift is switched off).
+        self.drift = drift
         self._lock = threading.Lock()
         self._inflight = 0
         self._retired = False
@@ -249,6 +255,26 @@ def _parse_specs(items: Any, where: str) -> list[TensorSpec]:
     return specs
 
 
+def _file_entry(entry: Any, key: str, max_size: int | None) -> dict[str, Any]:
+    """Check model.json's {file, sha256, size} entry KEY (the model, the reference profile)."""
+    _require(isinstance(entry, dict), f"model.json: '{key}' must be an object")
+    file = entry.get("file")
+    _require(
+        isinstance(file, str) and file not in ("", ".", "..") and "/" not in file and "\\" not in file,
+        f"model.json: {key}.file {file!r} must be a plain file name inside the bundle",
+    )
+    _require(
+        isinstance(entry.get("sha256"), str) and bool(SHA256_RE.fullmatch(entry["sha256"])),
+        f"model.json: {key}.sha256 must be 64 lowercase hex digits",
+    )
+    size = entry.get("size")
+    _require(
+        isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= (max_size or size),
+        f"model.json: {key}.size must be a non-negative integer" + (f" up to {max_size}" if max_size else ""),
+    )
+    return entry
+
+
 def check_manifest(
     manifest: Any, name: str, version: str
 ) -> tuple[dict[str, Any], list[TensorSpec], list[TensorSpec]]:
@@ -265,22 +291,7 @@ def check_manifest(
         manifest.get("version") == version,
         f"model.json version {manifest.get('version')!r} does not match bundle directory {version!r}",
     )
-    model = manifest.get("model")
-    _require(isinstance(model, dict), "model.json: 'model' must be an object")
-    file = model.get("file")
-    _require(
-        isinstance(file, str) and file not in ("", ".", "..") and "/" not in file and "\\" not in file,
-        f"model.json: model.file {file!r} must be a plain file name inside the bundle",
-    )
-    _require(
-        isinstance(model.get("sha256"), str) and bool(SHA256_RE.fullmatch(model["sha256"])),
-        "model.json: model.sha256 must be 64 lowercase hex digits",
-    )
-    size = model.get("size")
-    _require(
-        isinstance(size, int) and not isinstance(size, bool) and size >= 0,
-        "model.json: model.size must be a non-negative integer",
-    )
+    model = _file_entry(manifest.get("model"), "model", None)
     sig = manifest.get("signature")
     _require(isinstance(sig, dict), "model.json: 'signature' must be an object")
     inputs = _parse_specs(sig.get("inputs"), "signature.inputs")
@@ -302,7 +313,53 @@ def check_manifest(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
             f"smoke_tests.tolerance.{key} must be a number >= 0",
         )
+    if manifest.get("reference_profile") is not None:
+        _file_entry(manifest["reference_profile"], "reference_profile", _PROFILE_MAX_BYTES)
     return model, inputs, outputs
+
+
+def _read_verified(path: Path, size: int, sha256: str, what: str) -> bytes:
+    """The bytes of PATH, checked against the size and sha256 model.json records."""
+    try:
+        with open(path, "rb") as fh:
+            blob = fh.read(size + 1)
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from None
+    _require(len(blob) == size, f"{path} is {os.path.getsize(path)} bytes, model.json says {size}")
+    digest = hashlib.sha256(blob).hexdigest()
+    _require(
+        digest == sha256,
+        f"sha256 mismatch for {path}: file has {digest}, model.json says {sha256}; refusing to load {what}",
+    )
+    return blob
+
+
+def load_drift_monitor(
+    bdir: Path, manifest: dict[str, Any], inputs: list[TensorSpec], outputs: list[TensorSpec], window: int
+) -> DriftMonitor | None:
+    """The bundle's reference profile, verified, as a drift monitor; None without one."""
+    ref = manifest.get("reference_profile")
+    if ref is None or window <= 0:
+        return None
+    path = bdir / ref["file"]
+    blob = _read_verified(path, ref["size"], ref["sha256"], "the model")
+    try:
+        tensors_in, tensors_out = parse_profile(
+            json.loads(blob), {t.name for t in inputs}, {t.name for t in outputs}
+        )
+    except (ProfileError, ValueError, RecursionError) as exc:
+        raise BundleError(f"{path} is not a valid reference profile: {exc}") from None
+    specs = {t.name: t for t in (*inputs, *outputs)}
+    for tensor in (*tensors_in, *tensors_out):
+        row = specs[tensor.name].shape[1:]
+        # The profile's features are a row's elements, flattened (dimension 0 is the batch).
+        width = int(np.prod(row)) if all(d >= 0 for d in row) else None
+        _require(
+            width is None or width == tensor.features,
+            f"{path}: {tensor.name!r} has {tensor.features} features in the profile, "
+            f"but a row of it has {width} elements (shape {list(specs[tensor.name].shape)})",
+        )
+    return DriftMonitor(tensors_in, tensors_out, window)
 
 
 def _check_against_session(
@@ -429,7 +486,9 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     return so
 
 
-def load_bundle(root: Path, name: str, version: str, intra_op_threads: int = 1) -> LoadedModel:
+def load_bundle(
+    root: Path, name: str, version: str, intra_op_threads: int = 1, drift_window: int = DEFAULT_WINDOW
+) -> LoadedModel:
     """Verify and self-test ROOT/NAME/VERSION; raise BundleError with the reason."""
     t0 = time.perf_counter()
     _require(valid_name(name), f"invalid model name {name!r}")
@@ -444,24 +503,13 @@ def load_bundle(root: Path, name: str, version: str, intra_op_threads: int = 1) 
     except (OSError, ValueError) as exc:
         raise BundleError(f"{bdir}/model.json is not readable JSON: {exc}") from None
     model, inputs, outputs = check_manifest(manifest, name, version)
-
     mpath = bdir / model["file"]
-    try:
-        # O_NOFOLLOW-free plain read: bundles are trusted content checked by hash.
-        with open(mpath, "rb") as fh:
-            blob = fh.read(model["size"] + 1)
-    except OSError as exc:
-        raise BundleError(f"cannot read {mpath}: {exc}") from None
-    _require(
-        len(blob) == model["size"],
-        f"{mpath} is {os.path.getsize(mpath)} bytes, model.json says {model['size']}",
-    )
-    digest = hashlib.sha256(blob).hexdigest()
-    _require(
-        digest == model["sha256"],
-        f"sha256 mismatch for {mpath}: file has {digest}, "
-        f"model.json says {model['sha256']}; refusing to load",
-    )
+    # Bundles are trusted content checked by hash.
+    blob = _read_verified(mpath, model["size"], model["sha256"], "it")
+    # Before onnxruntime sees anything: a tampered profile refuses the version as a
+    # tampered model does.
+    drift = load_drift_monitor(bdir, manifest, inputs, outputs, drift_window)
+    digest = model["sha256"]
     try:
         session = ort.InferenceSession(
             blob, sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"]
@@ -471,4 +519,6 @@ def load_bundle(root: Path, name: str, version: str, intra_op_threads: int = 1) 
     del blob
     _check_against_session(session, inputs, outputs)
     run_smoke_tests(session, manifest["smoke_tests"], inputs, outputs)
-    return LoadedModel(name, version, digest, manifest, session, inputs, outputs, time.perf_counter() - t0)
+    return LoadedModel(
+        name, version, digest, manifest, session, inputs, outputs, time.perf_counter() - t0, drift
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__, logs
 from .bundle import valid_name, valid_version
+from .drift import DEFAULT_WINDOW, MAX_WINDOW
 
 log = logging.getLogger("edgeml_server")
 
@@ -33,6 +34,7 @@ class Settings:
     bind_when_ready: bool = False
     public_hold: bool = False
     drain_seconds: float = 5.0
+    drift_window: int = DEFAULT_WINDOW
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -134,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM or POST /admin/public/close, how long at most to let in-flight requests "
         "finish after the public port closed (env EDGEML_DRAIN_SECONDS, default 5)",
     )
+    p.add_argument(
+        "--drift-window",
+        type=int,
+        default=int(_env("EDGEML_DRIFT_WINDOW", str(DEFAULT_WINDOW)) or DEFAULT_WINDOW),
+        help="compare the inputs and outputs of the last N answered rows with the bundle's reference "
+        f"profile and export drift gauges; 0 switches drift off (env EDGEML_DRIFT_WINDOW, default "
+        f"{DEFAULT_WINDOW})",
+    )
     p.add_argument("--server-version", action="version", version=f"edgeml-server {__version__}")
     return p
 
@@ -175,6 +185,8 @@ def parse(argv: list[str] | None = None) -> Settings:
     _check_booleans(p, a)
     if not 0 <= a.drain_seconds <= 3600:
         p.error("--drain-seconds must be 0..3600")
+    if not 0 <= a.drift_window <= MAX_WINDOW:
+        p.error(f"--drift-window must be 0..{MAX_WINDOW} rows (0: no drift monitoring)")
     return Settings(
         bundles=Path(a.bundles),
         model=a.model,
@@ -189,6 +201,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         bind_when_ready=a.bind_when_ready,
         public_hold=a.public_hold,
         drain_seconds=a.drain_seconds,
+        drift_window=a.drift_window,
     )
 
 

@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from .bundle import LoadedModel
+from .drift import MIN_ROWS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -72,6 +73,64 @@ class _InputStatsCollector(Collector):
                     lo.add_metric(lv, mn)
                     hi.add_metric(lv, mx)
         yield from (count, total, sumsq, lo, hi, nonfinite)
+
+
+class _DriftCollector(Collector):
+    """Exports the serving version's drift against its reference profile (drift.py).
+
+    The PSI gauges appear once the window holds MIN_ROWS rows (fewer rows are noise);
+    edgeml_drift_window_rows appears as soon as the version has a profile.
+    """
+
+    def __init__(self, current: Callable[[], LoadedModel | None]) -> None:
+        self._current = current
+
+    def collect(self) -> Iterator[Any]:
+        base = ["model", "version"]
+        rows = GaugeMetricFamily(
+            "edgeml_drift_window_rows",
+            "Rows in the drift window (compared with the reference profile)",
+            labels=base,
+        )
+        overall = GaugeMetricFamily(
+            "edgeml_drift_psi", "Population stability index, mean over every input feature", labels=base
+        )
+        per_input = GaugeMetricFamily(
+            "edgeml_drift_input_psi",
+            "Population stability index of one input, mean over its features",
+            labels=[*base, "input"],
+        )
+        per_feature = GaugeMetricFamily(
+            "edgeml_drift_feature_psi",
+            "Population stability index of one input feature (flat index)",
+            labels=[*base, "input", "feature"],
+        )
+        out_of_range = GaugeMetricFamily(
+            "edgeml_drift_out_of_range_ratio",
+            "Share of input values outside the reference minimum..maximum of their feature",
+            labels=[*base, "input"],
+        )
+        per_output = GaugeMetricFamily(
+            "edgeml_drift_output_psi",
+            "Population stability index of one output's distribution",
+            labels=[*base, "output"],
+        )
+        model = self._current()
+        if model is not None and model.drift is not None:
+            snap = model.drift.snapshot()
+            lv = [model.name, model.version]
+            rows.add_metric(lv, snap.rows)
+            if snap.rows >= MIN_ROWS:
+                overall.add_metric(lv, snap.overall_psi)
+                for t in snap.inputs:
+                    per_input.add_metric([*lv, t.name], t.psi)
+                    if t.out_of_range_ratio is not None:
+                        out_of_range.add_metric([*lv, t.name], t.out_of_range_ratio)
+                    for j, value in enumerate(t.feature_psi):
+                        per_feature.add_metric([*lv, t.name, str(j)], value)
+                for t in snap.outputs:
+                    per_output.add_metric([*lv, t.name], t.psi)
+        yield from (rows, overall, per_input, per_feature, out_of_range, per_output)
 
 
 class Metrics:
@@ -128,6 +187,7 @@ class Metrics:
             registry=r,
         )
         r.register(_InputStatsCollector(current))
+        r.register(_DriftCollector(current))
         self.ready.labels(model_name).set(0)
         self.inflight_old.labels(model_name).set(0)
         for result in ("success", "failure"):

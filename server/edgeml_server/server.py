@@ -290,7 +290,12 @@ async def serve(settings: Settings) -> int:
 
     metrics = Metrics(settings.model, current)
     manager = ModelManager(
-        settings.bundles, settings.model, settings.version, settings.intra_op_threads, metrics
+        settings.bundles,
+        settings.model,
+        settings.version,
+        settings.intra_op_threads,
+        metrics,
+        settings.drift_window,
     )
     listener = PublicListener(settings, Service(manager, metrics, settings.max_body_bytes), manager)
     admin = _admin_server(settings, manager, metrics, listener)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import BundleError, LoadedModel, load_bundle, read_pointer, valid_version
+from .drift import DEFAULT_WINDOW
 from .metrics import Metrics
 
 log = logging.getLogger("edgeml_server.swap")
@@ -36,13 +37,20 @@ def _load_failure(exc: Exception) -> tuple[str, int]:
 
 
 class ModelManager:
-    def __init__(
-        self, root: Path, name: str, version: str | None, intra_op_threads: int, metrics: Metrics
+    def __init__(  # noqa: PLR0917 - built in one place (server.py), from the settings
+        self,
+        root: Path,
+        name: str,
+        version: str | None,
+        intra_op_threads: int,
+        metrics: Metrics,
+        drift_window: int = DEFAULT_WINDOW,
     ) -> None:
         self.root = root
         self.name = name
         self.initial_version = version
         self.intra_op_threads = intra_op_threads
+        self.drift_window = drift_window
         self.metrics = metrics
         self.current: LoadedModel | None = None
         # Why the model is not ready; None once something serves.
@@ -106,7 +114,7 @@ class ModelManager:
         return old
 
     def _load(self, version: str) -> LoadedModel:
-        return load_bundle(self.root, self.name, version, self.intra_op_threads)
+        return load_bundle(self.root, self.name, version, self.intra_op_threads, self.drift_window)
 
     def _install(self, new: LoadedModel) -> LoadedModel | None:
         new.on_unload = self._on_unload

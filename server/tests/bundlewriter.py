@@ -51,8 +51,9 @@ def write_bundle(
     tamper_outputs: bool = False,
     sha256: str | None = None,
     pointer: bool = False,
+    profile: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ROOT/NAME/VERSION/{model.onnx,model.json}; return the bundle dir."""
+    """Write ROOT/NAME/VERSION/{model.onnx,model.json} (and profile.json); return the bundle dir."""
     import onnx
     import onnxruntime as ort
 
@@ -97,6 +98,14 @@ def write_bundle(
     }
     bdir = root / name / version
     bdir.mkdir(parents=True, exist_ok=True)
+    if profile is not None:
+        blob = (json.dumps(profile, sort_keys=True, indent=2) + "\n").encode()
+        (bdir / "profile.json").write_bytes(blob)
+        manifest["reference_profile"] = {
+            "file": "profile.json",
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "size": len(blob),
+        }
     (bdir / "model.onnx").write_bytes(model_bytes)
     (bdir / "model.json").write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n")
     if pointer:

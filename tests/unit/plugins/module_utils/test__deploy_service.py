@@ -226,6 +226,7 @@ def test_readiness_fails_at_once_on_a_bundle_that_fails_its_self_test(env, tmp_p
         ("missing_image", "is not on this host"),
         ("digest", "does not match image_digest"),
         ("manifest_sha", "Checksum mismatch"),
+        ("profile_sha", "reference profile of digits 8 does not match its manifest"),
     ],
 )
 def test_refused_before_anything_changes(env, change, words):
@@ -242,6 +243,12 @@ def test_refused_before_anything_changes(env, change, words):
     elif change == "manifest_sha":
         with open(env.root / "digits" / "1" / "model.onnx", "ab") as handle:
             handle.write(b"\0")  # the copy on the host differs from what the manifest records
+    elif change == "profile_sha":
+        profile = {"schema_version": 1, "inputs": [], "outputs": []}
+        bdir = fx.bw.write_bundle(env.root, "digits", "8", models.digits_model(), fx.rows(), profile=profile)
+        (bdir / "profile.json").write_text(json.dumps({**profile, "rows": 1}))  # edited after bundling
+        params["version"] = "8"
+        env.sha["8"] = sha256_file(str(bdir / "model.onnx"))
     before = fx.models.tree(env.root)
     with pytest.raises(Refused, match=words):
         env.deploy(**params)

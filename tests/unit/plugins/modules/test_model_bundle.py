@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ansible_collections.edgeml.fleet.plugins.module_utils import _bundle_runner
 from ansible_collections.edgeml.fleet.plugins.modules import model_bundle
@@ -277,3 +278,18 @@ def test_end_to_end_with_ansible(env):
     assert second.returncode == 0 and "SUCCESS" in second.stdout, second.stdout + second.stderr
     assert '"changed": false' in second.stdout
     assert (dest / "digits" / "1.0.0" / "model.onnx").read_bytes() == models.digits_model()
+
+
+def test_reference_profile_through_the_module(env, capsys):
+    tmp_path, dest, args = env
+    reference = tmp_path / "validation.npz"
+    np.savez(reference, X=models.digits_split()[1])
+    args = dict(args, reference_inputs_file=str(reference), profile_bins=5)
+    predicted = run(args, capsys, check=True)
+    assert predicted["changed"] is True and not (dest / "digits").exists()
+    assert f"write {dest}/digits/1.0.0/profile.json" in predicted["actions"]
+    result = run(args, capsys)
+    profile = json.loads((dest / "digits" / "1.0.0" / "profile.json").read_text())
+    assert profile["bins"] == 5 and all(len(f["edges"]) <= 4 for f in profile["inputs"][0]["features"])
+    assert result["manifest"]["reference_profile"]["file"] == "profile.json"
+    assert run(args, capsys)["changed"] is False
