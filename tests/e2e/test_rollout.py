@@ -15,6 +15,7 @@ import os
 import signal
 
 import pytest
+import requests
 from fleetops import (
     GATES,
     MODES,
@@ -30,7 +31,7 @@ from fleetops import (
     serving_versions,
     wait_until_serving,
 )
-from labtools import ROOT, run_playbook
+from labtools import MODEL, ROOT, run_playbook
 
 ALL_HOSTS = ["edge-1", "edge-2", "edge-3", "edge-4"]
 
@@ -119,6 +120,11 @@ def test_good_version_reaches_every_ring_without_a_failed_request(fleet, fleet_o
     html = sorted((ROOT / ".build" / "reports").glob("rollout-*.html"))[-1].read_text()
     assert "edge-4" in html and "Completed" in html
     assert_every_answer_right(traffic)
+    # The example bundles carry a reference profile: the server in the image verified it and
+    # measures the drift of each host's traffic against it.
+    for host, url in fleet.items():
+        metrics = requests.get(f"{url}/metrics", timeout=3).text
+        assert f'edgeml_drift_window_rows{{model="{MODEL}",version="3.0.0"}}' in metrics, host
 
 
 def test_same_version_again_changes_nothing(fleet, fleet_on, load):
