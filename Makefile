@@ -12,6 +12,7 @@ COLLECTION_LINK := .collections/ansible_collections/edgeml/fleet
 BUILD_DIR := .build
 SANITY_ROOT := $(BUILD_DIR)/sanity/ansible_collections/edgeml/fleet
 LAB_INVENTORY := inventories/lab/hosts.yml
+PROMETHEUS_TOOLS := $(CURDIR)/$(BUILD_DIR)/tools
 PYTEST := $(BIN)/python -m pytest
 # Extra pytest flags of the unit tests: `make check` runs them on two xdist workers
 # (UNIT_FLAGS="-n 2"); `make unit` and `make test` run them in one process.
@@ -19,20 +20,20 @@ UNIT_FLAGS ?=
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := $(if $(CI),0,1)
-export PATH := $(BIN):$(PATH)
+export PATH := $(BIN):$(PROMETHEUS_TOOLS)/bin:$(PATH)
 # Podman needs the project's containers.conf only on some kernels; the probe says when.
 export CONTAINERS_CONF := $(shell roles/lab/files/podman-conf-probe.sh)
 
 .PHONY: help setup demo test check shared-artifacts lint sanity unit server-test molecule integration e2e lab-up lab-down provision \
         survey models server-image deploy-demo bench-server bench-rollout build clean \
-        vm-image vm-boot-test vm-molecule vm-test ee aap-test
+        vm-image vm-boot-test vm-molecule vm-test ee aap-test monitoring
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 # --- installation ------------------------------------------------------------
 
-setup: $(VENV)/.installed $(COLLECTION_LINK) ## Install system packages, the virtualenv and the collection
+setup: $(VENV)/.installed $(COLLECTION_LINK) $(PROMETHEUS_TOOLS)/bin/promtool ## Install system packages, the virtualenv and the collection
 	@scripts/install-system-packages.sh
 
 $(VENV)/.installed: requirements.txt server/requirements.txt
@@ -41,6 +42,10 @@ $(VENV)/.installed: requirements.txt server/requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# promtool and amtool for the monitoring role's tests, unpacked from Debian's packages.
+$(PROMETHEUS_TOOLS)/bin/promtool: scripts/fetch-prometheus-tools.sh
+	@scripts/fetch-prometheus-tools.sh $(PROMETHEUS_TOOLS)
+
 # The checkout itself is the collection: link it into the project-local collections path.
 $(COLLECTION_LINK):
 	mkdir -p $(dir $@)
@@ -48,7 +53,7 @@ $(COLLECTION_LINK):
 
 # --- the two commands ----------------------------------------------------------
 
-demo: setup lab-up survey provision models server-image deploy-demo ## The whole story on the lab fleet
+demo: setup lab-up survey provision models server-image deploy-demo monitoring ## The whole story on the lab fleet
 
 # Three lanes side by side (foreground, vm, molecule): see the script.
 test: setup ## Run the whole suite (containers, VMs, end to end; scripts/run-test-suite.sh)
@@ -76,6 +81,10 @@ survey: setup ## Print host, OS, podman version, site and ring of every lab host
 
 provision: lab-up ## Make the lab hosts ready to serve (role edge_host)
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/provision.yml
+
+monitoring: lab-up ## Prometheus and Alertmanager on the lab's monitoring host (role monitoring)
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/monitoring.yml
+	@echo "Prometheus: http://127.0.0.1:19090  Alertmanager: http://127.0.0.1:19093"
 
 # --- models and the model server image -------------------------------------------
 

@@ -78,7 +78,8 @@ def test_tarball_ships_the_lab_as_test_support_only(installed):
                        if name.startswith("playbooks/") and name.endswith(".yml"))
     assert playbooks == ["_rollout_report.yml", "_rollout_ring.yml", "_rollout_stage.yml", "aap_configure.yml",
                          "build_server_image.yml", "bundle_model.yml", "deploy_model.yml",
-                         "fleet_status.yml", "fleet_survey.yml", "os_update.yml", "provision.yml", "rollback.yml",
+                         "fleet_status.yml", "fleet_survey.yml", "monitoring.yml", "os_update.yml", "provision.yml",
+                         "rollback.yml",
                          "vars/job_arguments.yml"]
     # Automation Platform: the definitions and the project template ship (docs/aap.md).
     assert "extensions/aap/controller_config.yml" in listing
@@ -93,7 +94,7 @@ def test_tarball_ships_the_lab_as_test_support_only(installed):
 
 def test_installed_collection_has_its_roles(installed):
     for role in ("edge_host", "model_deployment", "model_server_image", "os_image", "os_update", "microshift",
-                 "microshift_deployment"):
+                 "microshift_deployment", "monitoring"):
         assert (installed["path"] / "roles" / role / "meta" / "argument_specs.yml").is_file(), role
     assert not (installed["path"] / "roles" / "lab" / "meta").exists()
 
