@@ -21,6 +21,8 @@ UNIT_FLAGS ?=
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := $(if $(CI),0,1)
 export PATH := $(BIN):$(PROMETHEUS_TOOLS)/bin:$(PATH)
+# ansible-rulebook needs a JDK: the one `java` on PATH runs, unless JAVA_HOME says otherwise.
+export JAVA_HOME ?= $(shell j=$$(command -v java 2>/dev/null) && dirname "$$(dirname "$$(readlink -f "$$j")")")
 # Podman needs the project's containers.conf only on some kernels; the probe says when.
 export CONTAINERS_CONF := $(shell roles/lab/files/podman-conf-probe.sh)
 

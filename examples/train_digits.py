@@ -12,6 +12,8 @@ Uses scikit-learn's bundled 8x8 digits dataset (no download). Writes into OUT_DI
   digits-3.0.0.onnx   good: k-nearest-neighbours classifier (a different, more accurate model)
   digits-4.0.0.onnx   too slow: 1.0.0 plus a chain of large MatMuls whose result is multiplied
                       by zero (answers exactly like 1.0.0, about a second or more per request)
+  digits-6.0.0.onnx   fails live: 1.0.0 that fails (server error) on images with a pixel above 16;
+                      every smoke vector and gate passes, only live traffic finds it
   digits-samples.json sample vectors (held-out test images) and their true labels, the
                       layout model_bundle's sample_inputs_file takes
   digits-validation.npz the held-out images (X, 450 rows): model_bundle's
@@ -104,6 +106,13 @@ def rename_io(proto: onnx.ModelProto, rename: dict[str, str]) -> onnx.ModelProto
     return proto
 
 
+def _rename_probabilities(graph: onnx.GraphProto) -> None:
+    """Rename the graph's probabilities to probabilities_fast: a wrapper computes the real one."""
+    for node in graph.node:
+        node.output[:] = ["probabilities_fast" if n == "probabilities" else n for n in node.output]
+        node.input[:] = ["probabilities_fast" if n == "probabilities" else n for n in node.input]
+
+
 def make_slow(fast: onnx.ModelProto) -> onnx.ModelProto:
     """Add a slow branch to ``fast``: probabilities + 0 * f(chain of MatMuls over X).
 
@@ -113,9 +122,7 @@ def make_slow(fast: onnx.ModelProto) -> onnx.ModelProto:
     slow = onnx.ModelProto()
     slow.CopyFrom(fast)
     graph = slow.graph
-    for node in graph.node:
-        node.output[:] = ["probabilities_fast" if n == "probabilities" else n for n in node.output]
-        node.input[:] = ["probabilities_fast" if n == "probabilities" else n for n in node.input]
+    _rename_probabilities(graph)
     rng = np.random.default_rng(SEED)
     w_in = (rng.standard_normal((64, SLOW_WIDTH)) / 8.0 / 16.0).astype(np.float32)
     w_hidden = (rng.standard_normal((SLOW_WIDTH, SLOW_WIDTH)) / np.sqrt(SLOW_WIDTH)).astype(np.float32)
@@ -154,6 +161,52 @@ def make_slow(fast: onnx.ModelProto) -> onnx.ModelProto:
     return slow
 
 
+def make_failing_on_bright(fast: onnx.ModelProto) -> onnx.ModelProto:
+    """``fast`` that fails on any image with a pixel above 16, answering as ``fast`` otherwise.
+
+    An If node reshapes X to rows of 127 (never a whole number of 64-pixel images) when the
+    brightest pixel is over 16: onnxruntime then fails the request (the server answers 500).
+    The digits' pixels are 0..16, so every smoke vector and gate request passes; a camera
+    that sends brighter images gets server errors. What only live traffic finds.
+    """
+    failing = onnx.ModelProto()
+    failing.CopyFrom(fast)
+    graph = failing.graph
+    _rename_probabilities(graph)
+
+    def constant(name: str, value: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value))
+
+    scalar = [helper.make_tensor_value_info("bright_out", TensorProto.FLOAT, [])]
+    then_branch = helper.make_graph(
+        [
+            constant("bright_shape", np.array([-1, 127], dtype=np.int64)),
+            helper.make_node("Reshape", ["X", "bright_shape"], ["bright_rows"]),
+            helper.make_node("ReduceSum", ["bright_rows"], ["bright_sum"], keepdims=0),
+            constant("bright_zero", np.array(0.0, dtype=np.float32)),
+            helper.make_node("Mul", ["bright_sum", "bright_zero"], ["bright_out"]),
+        ],
+        "bright_fails",
+        [],
+        scalar,
+    )
+    else_branch = helper.make_graph(
+        [constant("bright_out", np.array(0.0, dtype=np.float32))], "dim_passes", [], scalar
+    )
+    graph.initializer.append(numpy_helper.from_array(np.array(16.0, dtype=np.float32), "bright_limit"))
+    graph.node.extend(
+        [
+            helper.make_node("ReduceMax", ["X"], ["bright_max"], keepdims=0),
+            helper.make_node("Greater", ["bright_max", "bright_limit"], ["bright"]),
+            helper.make_node("If", ["bright"], ["bright_added"], then_branch=then_branch, else_branch=else_branch),
+            helper.make_node("Add", ["probabilities_fast", "bright_added"], ["probabilities"]),
+        ]
+    )
+    failing.producer_name = "edgeml-examples"
+    onnx.checker.check_model(failing)
+    return failing
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default=os.path.join(HERE, "out"))
@@ -182,12 +235,13 @@ def main(argv: list[str]) -> int:
         "3.0.0": export(knn, x_train, "digits_knn"),
     }
     models["4.0.0"] = make_slow(models["1.0.0"])
+    models["6.0.0"] = make_failing_on_bright(models["1.0.0"])
     accuracy = {
         "1.0.0": float(good_mlp.score(x_test, y_test)),
         "2.0.0": float(faulty_mlp.score(x_test, y_test)),
         "3.0.0": float(knn.score(x_test, y_test)),
     }
-    accuracy["4.0.0"] = accuracy["1.0.0"]
+    accuracy["4.0.0"] = accuracy["6.0.0"] = accuracy["1.0.0"]
     for version, proto in models.items():
         write_atomic(os.path.join(out, f"digits-{version}.onnx"), proto.SerializeToString())
 

@@ -74,6 +74,7 @@ def fleet_inventory(tmp_path_factory, lab) -> Path:
     compose.update(
         edgeml_lab_container="edgeml_labels.container",
         edgeml_model_url_from_controller="'http://127.0.0.1:' ~ edgeml_labels.model_port",
+        edgeml_metrics_address=f"edgeml_labels.container ~ ':{lab['vars']['edgeml_model_port']}'",
     )
     config = {
         "plugin": "edgeml.fleet.fleet",

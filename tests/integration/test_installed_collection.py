@@ -99,7 +99,8 @@ def fleet(project) -> dict[str, str]:
         ).stdout
     )
     hostvars = listing["_meta"]["hostvars"]
-    return {host: hostvars[host]["edgeml_model_url_from_controller"] for host in sorted(hostvars)}
+    # The edge hosts (the inventory also holds the monitoring host).
+    return {host: hostvars[host]["edgeml_model_url_from_controller"] for host in sorted(listing["debian"]["hosts"])}
 
 
 def run_installed(project: dict, playbook: str, *args: str) -> dict:

@@ -5,38 +5,16 @@ and steady good traffic fires none."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[3]
-ROLE = ROOT / "roles" / "monitoring"
-TOOLS = ROOT / ".build" / "tools" / "bin"
-
-
-def _tool(name: str) -> str:
-    found = shutil.which(name, path=os.pathsep.join([str(TOOLS), os.environ.get("PATH", "")]))
-    assert found, f"{name} is missing: `make setup` unpacks it into {TOOLS}"
-    return found
-
-
-def render(template: str, dest: Path, *extra_vars: str) -> Path:
-    """Render a role template the way the role does: Ansible's template module, role defaults."""
-    args = ["ansible", "localhost", "-c", "local", "-m", "ansible.builtin.template"]
-    args += ["-a", f"src={ROLE / 'templates' / template} dest={dest} mode=0644"]
-    args += ["-e", f"@{ROLE / 'defaults' / 'main.yml'}"]
-    for item in extra_vars:
-        args += ["-e", item]
-    result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return dest
+from ansible_collections.edgeml.fleet.tests.unit.monitoring.roletools import render, tool
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, check=False)
+    return subprocess.run([tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, check=False)
 
 
 @pytest.fixture(scope="module")
