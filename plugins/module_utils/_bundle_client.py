@@ -148,17 +148,14 @@ class BundleStore:
         if not (os.path.isfile(model_path) and os.path.isfile(manifest_path)):
             return ExistingBundle(path, "incomplete")
         hint = "Check the permissions of the bundle directory."
-        others = [PROFILE_FILE] if PROFILE_FILE in entries else []
+        profile_path = os.path.join(path, PROFILE_FILE)
+        profile = read_file(profile_path, "Bundle profile", hint) if os.path.isfile(profile_path) else None
         return ExistingBundle(
             path,
             "complete",
             model=read_file(model_path, "Bundle model", hint),
             manifest=read_file(manifest_path, "Bundle manifest", hint),
-            files={
-                e: read_file(os.path.join(path, e), "Bundle file", hint)
-                for e in others
-                if os.path.isfile(os.path.join(path, e))
-            },
+            files={PROFILE_FILE: profile} if profile is not None else {},
         )
 
     def write(

@@ -19,7 +19,7 @@ import os
 import typing as t
 
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_client import NUMPY_DTYPES, read_file
-from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import PROFILE_FILE, PROFILE_SCHEMA_VERSION
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import PROFILE_SCHEMA_VERSION
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
 
 try:
@@ -56,12 +56,12 @@ def load_reference_inputs(path: str, inputs: list[dict[str, t.Any]]) -> dict[str
             with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}
         elif path.endswith(".npy"):
-            arrays = {names[0]: np.load(io.BytesIO(data), allow_pickle=False)} if len(names) == 1 else None
-            if arrays is None:
+            if len(names) != 1:
                 raise EdgeMLError(
                     f"reference_inputs_file {path} is a .npy array but the model has {len(names)} inputs.",
                     LOAD_HINT,
                 )
+            arrays = {names[0]: np.load(io.BytesIO(data), allow_pickle=False)}
         else:
             doc = json.loads(data.decode("utf-8"))
             if isinstance(doc, list) and len(names) == 1:
@@ -172,10 +172,3 @@ def build_profile(model: t.Any, signature: dict[str, t.Any], path: str, bins: in
         "inputs": profile_inputs,
         "outputs": profile_outputs,
     }
-
-
-__all__ = ["PROFILE_FILE", "build_profile", "dumps_profile", "load_reference_inputs"]
-
-
-def dumps_profile(profile: dict[str, t.Any]) -> bytes:
-    return (json.dumps(profile, sort_keys=True, indent=2) + "\n").encode("utf-8")

@@ -23,6 +23,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_client import
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import (
     MANIFEST_FILE,
     MODEL_FILE,
+    PROFILE_FILE,
     SCHEMA_VERSION,
     check_values,
     dumps_manifest,
@@ -33,11 +34,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import
     prod,
     tensors_match,
 )
-from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_profile import (
-    PROFILE_FILE,
-    build_profile,
-    dumps_profile,
-)
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_profile import build_profile
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
 
 TENSOR_KEYS = frozenset(("name", "datatype", "shape", "data"))
@@ -332,7 +329,8 @@ class BundleService:
         }
         files = {}
         if request.reference_inputs_file:
-            profile = dumps_profile(
+            # Serialised as the manifest is: the same data gives the same bytes.
+            profile = dumps_manifest(
                 build_profile(model, signature, request.reference_inputs_file, request.profile_bins)
             )
             files[PROFILE_FILE] = profile

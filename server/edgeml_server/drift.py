@@ -41,11 +41,12 @@ class ProfileError(ValueError):
     """profile.json is malformed; the message says where."""
 
 
-def psi(live: np.ndarray, ref: np.ndarray) -> float:
-    """Population stability index of two share vectors over the same bins."""
+def psi(live: np.ndarray, ref: np.ndarray) -> Any:
+    """Population stability index of share vectors over the same bins (the last axis): a
+    number for two vectors, one per row for two matrices."""
     a = np.maximum(live, PSI_FLOOR)
     e = np.maximum(ref, PSI_FLOOR)
-    return float(np.sum((a - e) * np.log(a / e)))
+    return np.sum((a - e) * np.log(a / e), axis=-1)
 
 
 def _floats(value: Any, where: str) -> np.ndarray:
@@ -181,10 +182,8 @@ class _Window:
 
     def feature_psi(self) -> np.ndarray:
         shares = self.counts.reshape(self.tensor.expected.shape) / max(self.filled, 1)
-        a = np.maximum(shares, PSI_FLOOR)
-        e = np.maximum(self.tensor.expected, PSI_FLOOR)
         # Padding bins have share 0 on both sides: floored to equal, they add 0.
-        return np.sum((a - e) * np.log(a / e), axis=1)
+        return psi(shares, self.tensor.expected)
 
     def out_of_range_ratio(self) -> float:
         return self.out_of_range_total / max(self.filled * self.tensor.features, 1)
@@ -221,10 +220,6 @@ class DriftMonitor:
         self._lock = threading.Lock()
         self._pending: deque[tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]] = deque()
         self._pending_rows = 0
-
-    @property
-    def output_names(self) -> set[str]:
-        return set(self._outputs)
 
     def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         """Queue one answered request (arrays are not modified after inference).
