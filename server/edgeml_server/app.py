@@ -23,6 +23,7 @@ from .bundle import LoadedModel
 from .codec import RequestError, decode_request, encode_response, split_body
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .probe import PROBE_REQUEST_ID
 from .swap import ModelManager
 
 log = logging.getLogger("edgeml_server.app")
@@ -42,16 +43,28 @@ class Service:
     With ``staged_versions`` (the admin listener's instance only), a path naming a
     version (``/v2/models/NAME/versions/V/...``) reaches the staged candidate or the
     standby of that version, so a deployer can judge a version no public client sees.
+
+    The input statistics and the drift window describe live traffic only: not the admin
+    listener's (``live_traffic=False``: the deployment gates' smoke vectors and latency
+    requests), nor a readiness probe's request (its id), wherever it arrives. A window
+    that began with the gates' few repeated inputs would report drift after every deploy.
     """
 
     def __init__(
-        self, manager: ModelManager, metrics: Metrics, max_body_bytes: int, *, staged_versions: bool = False
+        self,
+        manager: ModelManager,
+        metrics: Metrics,
+        max_body_bytes: int,
+        *,
+        staged_versions: bool = False,
+        live_traffic: bool = True,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
         self.name = manager.name
         self.max_body_bytes = max_body_bytes
         self.staged_versions = staged_versions
+        self.live_traffic = live_traffic
 
     # --- helpers ------------------------------------------------------------------
     def error(
@@ -265,12 +278,13 @@ class Service:
                 extra={"fields": {"model": model.name, "version": model.version, "error": str(exc)}},
             )
             return self.error(500, "inference_failed", f"inference failed: {exc}", self.name)
-        for iname, arr in req.feeds.items():
-            st = model.stats.get(iname)
-            if st is not None:
-                st.observe(arr)
-        if model.drift is not None:
-            model.drift.observe(req.feeds, dict(zip(names, arrays, strict=True)))
+        if self.live_traffic and req.id != PROBE_REQUEST_ID:
+            for iname, arr in req.feeds.items():
+                st = model.stats.get(iname)
+                if st is not None:
+                    st.observe(arr)
+            if model.drift is not None:
+                model.drift.observe(req.feeds, dict(zip(names, arrays, strict=True)))
         try:
             out, hlen = encode_response(model, req.id, names, arrays, req.binary_outputs)
         except Exception as exc:

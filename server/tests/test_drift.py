@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 
 from edgeml_server.drift import PSI_FLOOR, DriftMonitor, ProfileError, parse_profile, psi
+from edgeml_server.probe import PROBE_REQUEST_ID
 
 import bundlewriter as bw
 from conftest import ServerProc, infer_body
@@ -161,6 +163,26 @@ def test_server_exports_drift_of_live_traffic(tmp_path: Path, models: dict[str, 
     assert drifted > 0.25, drifted
     ratio = _gauges(srv.get("/metrics").text, "edgeml_drift_out_of_range_ratio")
     assert 0 <= ratio['input="X",model="digits",version="1"'] < 1
+
+
+def test_only_live_traffic_enters_the_window(tmp_path: Path, models: dict[str, bytes], make_server: Any) -> None:
+    """The deployment gates (on the admin listener) and readiness probes (their request id,
+    on any port) are not the population: after a deploy, the window holds live inputs only."""
+    x = bw.digits_data()[0]
+    root = tmp_path / "bundles"
+    bw.write_bundle(root, "digits", "1", models["a"], pointer=True, profile=digits_profile(x[:300]))
+    srv: ServerProc = make_server(root)
+    assert srv.wait_ready(), srv.logs()
+
+    def rows() -> float:
+        return _gauges(srv.get("/metrics").text, "edgeml_drift_window_rows")['model="digits",version="1"']
+
+    gate = requests.post(f"{srv.admin_url}/v2/models/digits/infer", json=infer_body(x[:20]), timeout=10)
+    probe = srv.post("/v2/models/digits/infer", json=infer_body(x[:5], id=PROBE_REQUEST_ID))
+    assert gate.status_code == 200 and probe.status_code == 200
+    assert rows() == 0
+    assert srv.post("/v2/models/digits/infer", json=infer_body(x[:7], id="client-1")).status_code == 200
+    assert rows() == 7
 
 
 def test_tampered_profile_is_refused_before_loading(
