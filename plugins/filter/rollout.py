@@ -7,7 +7,9 @@ report uses are defined here, once (`rollout_outcomes` hands them to the playboo
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
@@ -36,6 +38,7 @@ class Outcome:
     UNREACHABLE_AT_START = "unreachable at start"  # rollout_unreachable: fail
     PENDING = "pending"  # unreachable at start under rollout_unreachable: pending
     NOT_STARTED = "not started"
+    PAUSED = "paused"  # not started: rollouts were paused (pause_rollouts.yml, the rulebook's drift action)
     SKIPPED = "skipped (rollout halted)"
     FLEET_ROLLED_BACK = "rolled back (fleet)"
     FLEET_ROLLBACK_FAILED = "fleet rollback failed"
@@ -114,7 +117,7 @@ def report_dir(host_vars: Mapping) -> str:
     """Where reports and fleet pages go for a run over this host's inventory:
     `rollout_report_dir`, else reports/ beside the inventory it comes from (docs/paths.md)."""
     if host_vars.get("rollout_report_dir"):
-        return str(host_vars["rollout_report_dir"])
+        return os.path.expanduser(str(host_vars["rollout_report_dir"]))
     if host_vars.get("inventory_dir"):
         return f"{host_vars['inventory_dir']}/reports"
     raise AnsibleFilterError(
@@ -345,20 +348,31 @@ def rollout_row(host_vars: Mapping) -> dict:
     }
 
 
-def rollout_summary(rows: list[Mapping], halted=False, halt_reason=None, unreachable="fail") -> dict:
-    """The verdict of a run from its rows: {completed, pending: [hosts], failed: ["host:
-    outcome"], status: one line}. Pending hosts do not fail a run under
-    rollout_unreachable: pending; any other outcome outside DONE does."""
+def rollout_summary(rows: list[Mapping], halted=False, halt_reason=None, unreachable="fail", pause=None) -> dict:
+    """The verdict of a run from its rows: {completed, pending: [hosts], paused: [hosts],
+    failed: ["host: outcome"], status: one line}. Pending hosts do not fail a run under
+    rollout_unreachable: pending; any other outcome outside DONE does. pause: the pause
+    record (pause_record) that stopped the run before some of its batches, or None."""
     if unreachable not in UNREACHABLE_MODES:
         raise AnsibleFilterError(
             f"rollout_unreachable must be one of {', '.join(UNREACHABLE_MODES)}, got {unreachable!r}"
         )
     pending = [row["host"] for row in rows if row["outcome"] == Outcome.PENDING]
     allowed = DONE + ((Outcome.PENDING,) if unreachable == "pending" else ())
+    paused = [row["host"] for row in rows if row["outcome"] == Outcome.PAUSED]
+    allowed += (Outcome.PAUSED,)  # counted below: a paused run is not completed, nor failed
     failed = [f"{row['host']}: {row['outcome']}" for row in rows if row["outcome"] not in allowed]
-    completed = not halted and not failed
+    completed = not halted and not failed and not paused
     if halted:
         status = f"HALTED: {halt_reason}"
+    elif paused:
+        status = (
+            f"PAUSED: {(pause or {}).get('reason') or 'rollouts are paused'} (since {(pause or {}).get('paused_at')});"
+            f" {len(paused)} host(s) not started: {', '.join(paused)}."
+            + (f" Failed: {'; '.join(failed)}." if failed else "")
+            + " Hosts already updated keep the new version. When the cause is understood, run the same command"
+            " with -e rollout_resume=true: it lifts the pause and updates the hosts not started"
+        )
     elif failed:
         status = f"did not complete: {'; '.join(failed)}"
     else:
@@ -369,7 +383,34 @@ def rollout_summary(rows: list[Mapping], halted=False, halt_reason=None, unreach
             " run the same command again: hosts already on the version come out unchanged, the pending ones"
             f" are updated (or add --limit {','.join(pending)})"
         )
-    return {"completed": completed, "pending": pending, "failed": failed, "status": status}
+    return {"completed": completed, "pending": pending, "paused": paused, "failed": failed, "status": status}
+
+
+def pause_file(host_vars: Mapping) -> str:
+    """The fleet's rollout pause: `rollout_pause_file`, else rollout-paused.json in the
+    control node user's state directory ($XDG_STATE_HOME/edgeml-fleet, by default
+    ~/.local/state/edgeml-fleet), where the rulebook's pause action and every rollout run by
+    that user find it. Not beside the inventory: ansible-rulebook runs its playbooks on a
+    temporary copy of the inventory."""
+    if host_vars.get("rollout_pause_file"):
+        return os.path.expanduser(str(host_vars["rollout_pause_file"]))
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return f"{state}/edgeml-fleet/rollout-paused.json"
+
+
+def pause_record(content) -> dict | None:
+    """The pause file's content (JSON text, '' or None when there is no pause) as a record
+    {reason, paused_at}; a file that is not the JSON object pause_rollouts.yml writes still
+    pauses, with a reason that says so (a pause is never ignored because it is malformed)."""
+    if content is None or (isinstance(content, str) and not content.strip()):
+        return None
+    try:
+        record = json.loads(content) if isinstance(content, str) else content
+    except ValueError:
+        record = None
+    if not isinstance(record, Mapping):
+        return {"reason": "the pause file is not the JSON object pause_rollouts.yml writes", "paused_at": None}
+    return {"reason": record.get("reason") or "paused (no reason given)", "paused_at": record.get("paused_at")}
 
 
 class FilterModule:
@@ -386,4 +427,6 @@ class FilterModule:
             "rollout_summary": rollout_summary,
             "rollout_outcomes": rollout_outcomes,
             "report_dir": report_dir,
+            "rollout_pause_file": pause_file,
+            "rollout_pause_record": pause_record,
         }

@@ -2,7 +2,8 @@
 fed by the real Alertmanager configured from the monitoring role's template: alerts posted
 to Alertmanager's API reach the rulebook in Alertmanager's own webhook format. The rollback
 playbook is replaced by one that records what it was asked (the real rollback runs on the
-lab: tests/e2e/test_monitoring_loop.py); all traffic stays on 127.0.0.1."""
+lab: tests/e2e/test_monitoring_loop.py); the pause is the real playbooks/pause_rollouts.yml,
+which only writes a file on the controller. All traffic stays on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ RECORDER = """\
     - name: Record the report
       ansible.builtin.lineinfile:
         path: "RECORD_FILE.report"
-        line: "{{ rollback_hosts }}"
+        line: "{{ rollback_hosts }}|{{ rollout_report_dir }}"
         create: true
         mode: "0644"
 """
@@ -114,12 +115,15 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     # ansible-rulebook runs the playbook from a private copy: record to an absolute path.
     (work / "record.yml").write_text(RECORDER.replace("RECORD_FILE", str(work / "rollbacks.log")))
     (work / "inventory.yml").write_text(yaml.safe_dump(
-        {"all": {"hosts": {f"edge-{n}": {"ansible_connection": "local"} for n in range(1, 5)}}}
+        {"all": {"children": {"edge": {"hosts": {f"edge-{n}": {"ansible_connection": "local"} for n in range(1, 5)}}}}}
     ))
     (work / "vars.yml").write_text(yaml.safe_dump({
         "edgeml_webhook_host": "127.0.0.1",
         "edgeml_webhook_port": hook_port,
         "edgeml_rollback_playbook": str(work / "record.yml"),
+        "edgeml_pause_playbook": str(ROOT / "playbooks" / "pause_rollouts.yml"),
+        "edgeml_pause_file": str(work / "state" / "rollout-paused.json"),
+        "edgeml_report_dir": str(work / "reports"),
     }))
     render("alertmanager.yml.j2", work / "alertmanager.yml", json.dumps({
         "monitoring_webhook_url": f"http://127.0.0.1:{hook_port}/endpoint",
@@ -127,7 +131,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         "monitoring_alertmanager_group_interval": "1s",
         "monitoring_alertmanager_repeat_interval": "2s",
     }))
-    env = {**os.environ, "JAVA_HOME": java_home(), "ANSIBLE_NOCOLOR": "1"}
+    env = {**os.environ, "JAVA_HOME": java_home(), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".collections")}
     rb_log = (work / "rulebook.log").open("wb")
     rulebook = subprocess.Popen(
         [shutil.which("ansible-rulebook") or "ansible-rulebook", "-r", str(RULEBOOK), "-i", str(work / "inventory.yml"),
@@ -157,11 +162,12 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
 def test_a_failing_version_is_rolled_back_once_per_host_with_its_reason(loop: Loop) -> None:
     loop.alert("edge-2", "EdgeMLInferenceErrors", "rollback", "digits 2.1.0 on edge-2 fails 30% of its requests")
     assert loop.wait_rollbacks(1) == ["edge-2|EdgeMLInferenceErrors: digits 2.1.0 on edge-2 fails 30% of its requests"]
-    # The playbook's controller play ran too (the rollback report is written there).
+    # The playbook's controller play ran too, told where the report goes (not beside the
+    # temporary copy of the inventory ansible-rulebook runs it with).
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not (loop.work / "rollbacks.log.report").exists():
         time.sleep(0.5)
-    assert (loop.work / "rollbacks.log.report").read_text().splitlines() == ["edge-2"]
+    assert (loop.work / "rollbacks.log.report").read_text().splitlines() == [f"edge-2|{loop.work / 'reports'}"]
     # Alertmanager repeats the firing alert every 2 s here: the throttle holds the host to one rollback.
     time.sleep(6)
     assert loop.rollbacks() == ["edge-2|EdgeMLInferenceErrors: digits 2.1.0 on edge-2 fails 30% of its requests"]
@@ -170,18 +176,23 @@ def test_a_failing_version_is_rolled_back_once_per_host_with_its_reason(loop: Lo
     assert loop.wait_rollbacks(2)[1] == "edge-3|EdgeMLInferenceSlow: digits 2.1.0 on edge-3: p95 latency 962.5ms"
 
 
-def test_drift_and_readiness_alerts_are_reported_not_rolled_back(loop: Loop) -> None:
+def test_drift_pauses_rollouts_and_readiness_is_reported_neither_rolls_back(loop: Loop) -> None:
     before = loop.rollbacks()
+    pause_file = loop.work / "state" / "rollout-paused.json"
     loop.alert("edge-1", "EdgeMLInputDrift", "pause", "digits 2.1.0 on edge-1: inputs drifted (PSI 0.40)")
     loop.alert("edge-4", "EdgeMLModelNotReady", "notify", "edge-4 serves no model")
-    reports = (
-        "EdgeMLInputDrift (pause): digits 2.1.0 on edge-1: inputs drifted (PSI 0.40)",
-        "EdgeMLModelNotReady (notify): edge-4 serves no model",
-    )
+    report = "EdgeMLModelNotReady (notify): edge-4 serves no model"
     # Wait for both: Alertmanager sends the two groups independently, in either order.
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not all(report in loop.log() for report in reports):
+    while time.monotonic() < deadline and not (report in loop.log() and pause_file.exists()):
         time.sleep(0.5)
-    for report in reports:
-        assert report in loop.log()
+    assert report in loop.log()
+    assert pause_file.exists(), loop.log()[-3000:]
+    pause = json.loads(pause_file.read_text())
+    assert pause["reason"] == "EdgeMLInputDrift: digits 2.1.0 on edge-1: inputs drifted (PSI 0.40)"
+    # Alertmanager repeats the alert every 2 s: the throttle runs the pause once, and the
+    # first pause's record stays.
+    time.sleep(6)
+    assert json.loads(pause_file.read_text()) == pause
+    assert loop.log().count("rollouts are paused: EdgeMLInputDrift") == 1, loop.log()[-3000:]
     assert loop.rollbacks() == before

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from ansible_collections.edgeml.fleet.tests.unit.monitoring.roletools import render, tool
 
 
@@ -44,3 +45,18 @@ def test_a_changed_threshold_changes_what_fires(tmp_path: Path) -> None:
     result = promtool("test", "rules", "rules.test.yml", cwd=tmp_path)
     assert result.returncode != 0
     assert "alertname: EdgeMLInferenceErrors" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("action", ["rollback", "notify"])
+def test_the_drift_action_is_the_role_s_choice(tmp_path: Path, action: str) -> None:
+    """Drift pauses rollouts by default (rules.test.yml); monitoring_drift_action makes the rulebook
+    roll the host back or only report it, and the alert's description says which."""
+    render("edgeml.rules.yml.j2", tmp_path / "edgeml.rules.yml", f'{{"monitoring_drift_action": "{action}"}}')
+    assert promtool("check", "rules", str(tmp_path / "edgeml.rules.yml")).returncode == 0
+    rules = yaml.safe_load((tmp_path / "edgeml.rules.yml").read_text())
+    drift = next(
+        rule for group in rules["groups"] for rule in group["rules"] if rule.get("alert") == "EdgeMLInputDrift"
+    )
+    assert drift["labels"]["edgeml_action"] == action
+    assert ("rolled back" in drift["annotations"]["description"]) == (action == "rollback")
+    assert "rollouts pause" not in drift["annotations"]["description"]

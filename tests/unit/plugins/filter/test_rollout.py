@@ -11,6 +11,8 @@ from ansible_collections.edgeml.fleet.plugins.filter.rollout import (
     FilterModule,
     Outcome,
     batch_exceeds,
+    pause_file,
+    pause_record,
     report_dir,
     rollout_failure,
     rollout_host,
@@ -389,3 +391,47 @@ def test_reports_go_to_the_setting_or_beside_the_inventory():
     assert report_dir({"inventory_dir": "/inv"}) == "/inv/reports"
     with pytest.raises(AnsibleFilterError, match="set rollout_report_dir"):
         report_dir({"inventory_hostname": "edge-1"})
+
+
+def test_a_paused_run_is_not_completed_and_says_how_to_resume():
+    pause = {
+        "reason": "EdgeMLInputDrift: digits 1.0.0 on edge-3: inputs drifted (PSI 0.41)",
+        "paused_at": "2026-12-06T12:00:00",
+    }
+    paused = rollout_summary(_rows(a="deployed", b="paused", c="paused"), pause=pause)
+    assert not paused["completed"] and paused["paused"] == ["b", "c"] and paused["failed"] == []
+    assert paused["status"].startswith("PAUSED: EdgeMLInputDrift: digits 1.0.0 on edge-3")
+    assert "2 host(s) not started: b, c" in paused["status"] and "-e rollout_resume=true" in paused["status"]
+    # A host that failed before the pause is named too.
+    mixed = rollout_summary(_rows(a="rolled_back", b="paused"), pause=pause)
+    assert mixed["failed"] == ["a: rolled_back"] and "Failed: a: rolled_back" in mixed["status"]
+    assert rollout_summary(_rows(a="deployed"), pause=None)["completed"]
+
+
+def test_the_pause_file_is_the_setting_or_the_user_s_state_directory(monkeypatch, tmp_path):
+    assert pause_file({"rollout_pause_file": "/srv/pause.json"}) == "/srv/pause.json"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    assert pause_file({"rollout_pause_file": "~/p.json"}) == f"{tmp_path}/p.json"
+    # Not beside the inventory: ansible-rulebook runs playbooks on a temporary copy of it.
+    assert pause_file({"inventory_dir": "/inv"}) == f"{tmp_path}/.local/state/edgeml-fleet/rollout-paused.json"
+    monkeypatch.setenv("XDG_STATE_HOME", "/state")
+    assert pause_file({}) == "/state/edgeml-fleet/rollout-paused.json"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('{"reason": "drift on edge-3", "paused_at": "t"}', "drift on edge-3"),
+        ('{"paused_at": "t"}', "paused (no reason given)"),
+        ("paused!", "the pause file is not the JSON object pause_rollouts.yml writes"),
+        ("[1, 2]", "the pause file is not the JSON object pause_rollouts.yml writes"),
+    ],
+)
+def test_any_pause_file_pauses_with_a_reason(content, reason):
+    assert pause_record(content)["reason"] == reason
+
+
+@pytest.mark.parametrize("content", [None, "", "  \n"])
+def test_no_pause_file_is_no_pause(content):
+    assert pause_record(content) is None
