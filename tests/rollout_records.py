@@ -21,6 +21,7 @@ ROLLED_BACK_CANARY = {
             "detail": "model digits 2.0.0 ready",
             "measured": {"seconds_to_ready": 1.5},
             "threshold": {"timeout_seconds": 90},
+            "seconds": 1.52,
         },
         {
             "name": "smoke",
@@ -28,6 +29,7 @@ ROLLED_BACK_CANARY = {
             "detail": "0 of 8 vectors right",
             "measured": {"pass_ratio": 0.0},
             "threshold": {"min_pass_ratio": 1.0},
+            "seconds": 0.08,
         },
     ],
 }

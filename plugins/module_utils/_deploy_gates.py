@@ -10,6 +10,7 @@ gate by its timeout, the others by request counts and the soak window.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -105,6 +106,7 @@ class GateResult:
     measured: dict[str, t.Any] = field(default_factory=dict)
     threshold: dict[str, t.Any] = field(default_factory=dict)
     detail: str = ""
+    seconds: float | None = None  # how long the gate took (set by Gates, _timed)
 
     def as_dict(self) -> dict[str, t.Any]:
         return {
@@ -113,7 +115,24 @@ class GateResult:
             "measured": self.measured,
             "threshold": self.threshold,
             "detail": self.detail,
+            "seconds": self.seconds,
         }
+
+
+_GateMethod = t.TypeVar("_GateMethod", bound=t.Callable[..., GateResult])
+
+
+def _timed(gate: _GateMethod) -> _GateMethod:
+    """Record on the gate's result how long it took: reports show where a deployment's time goes."""
+
+    @functools.wraps(gate)
+    def timed(*args: t.Any, **kwargs: t.Any) -> GateResult:
+        started = time.monotonic()
+        result = gate(*args, **kwargs)
+        result.seconds = round(time.monotonic() - started, 3)
+        return result
+
+    return t.cast(_GateMethod, timed)
 
 
 _SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
@@ -228,6 +247,7 @@ class Gates:
         self.atol = float(tolerance.get("atol", DEFAULT_ATOL))
 
     # --- readiness --------------------------------------------------------------------
+    @_timed
     def readiness(self, service: t.Callable[[], tuple[str | None, str | None]] | None = None) -> GateResult:
         """Wait until the slot serves VERSION and is ready, and (with SERVICE) its systemd
         service is active. SERVICE() returns (problem, not_active_yet): a problem (failed,
@@ -281,6 +301,7 @@ class Gates:
                 cases.append((index, "recorded", vector.get("outputs") or []))
         return cases
 
+    @_timed
     def smoke(self) -> GateResult:
         ratio = self.settings.smoke_min_pass_ratio
         threshold = {"min_pass_ratio": ratio, "source": self.settings.smoke_source or "auto"}
@@ -327,6 +348,7 @@ class Gates:
         return GateResult("smoke", ok, measured, threshold, detail)
 
     # --- latency ----------------------------------------------------------------------
+    @_timed
     def latency(self) -> GateResult:
         count = self.settings.latency_requests
         budget = self.settings.latency_p95_ms
@@ -375,6 +397,7 @@ class Gates:
         answer = self.client.metrics()
         return request_counts(answer.text, self.version) if answer.ok else None
 
+    @_timed
     def error_rate(self) -> GateResult:
         soak = self.settings.soak_seconds
         max_ratio = self.settings.max_error_ratio
@@ -424,6 +447,7 @@ class Gates:
         return GateResult("error_rate", ok, measured, threshold, detail)
 
     # --- live: real traffic after the switch ---------------------------------------------
+    @_timed
     def live(self, service: t.Callable[[], tuple[str | None, str | None]] | None = None) -> GateResult:
         """Watch the version's real traffic for ``live_seconds`` after public traffic moved
         to it, from the server's own counters: server errors over ``max_error_ratio`` or an

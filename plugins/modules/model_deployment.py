@@ -373,7 +373,10 @@ plan:
   type: str
   sample: bluegreen
 gates:
-  description: The gates in the order they ran; a failed gate stops the list.
+  description:
+    - The gates in the order they ran; a failed gate stops the list.
+    - Each has its name, verdict, what it measured against which threshold, a one-line detail,
+      and the seconds it took.
   returned: always
   type: list
   elements: dict
@@ -383,11 +386,13 @@ gates:
       measured: {seconds_to_ready: 2.1}
       threshold: {timeout_seconds: 120.0}
       detail: model digits 3.0.0 ready
+      seconds: 2.104
     - name: smoke
       passed: true
       measured: {vectors: 8, passed: 8, pass_ratio: 1.0}
       threshold: {min_pass_ratio: 1.0, source: auto}
       detail: 8 of 8 vectors right
+      seconds: 0.061
 failed_gate:
   description:
     - Name of the first failed gate, or null. C(readiness), C(smoke), C(latency) and C(error_rate) ran

@@ -4,13 +4,11 @@ is what the host answers over HTTP, and it renders in a real headless browser
 
 from __future__ import annotations
 
-import html
-import re
-from pathlib import Path
-
+import requests
 import yaml
 from browser import screenshot
-from labtools import LAB_INVENTORY, run_playbook, serving_versions
+from fleetpage import fleet_page
+from labtools import LAB_INVENTORY, serving_versions
 
 
 def _fleet() -> dict[str, str]:
@@ -18,25 +16,23 @@ def _fleet() -> dict[str, str]:
     return {name: settings["edgeml_model_url_from_controller"] for name, settings in hosts.items()}
 
 
+def _psi(url: str) -> float | None:
+    samples = [line for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines()
+               if line.startswith("edgeml_drift_psi{")]
+    return float(samples[0].rsplit(" ", 1)[1]) if samples else None
+
+
 def test_the_fleet_page_shows_what_every_host_serves():
-    report = run_playbook("fleet_status.yml", "-i", str(LAB_INVENTORY))
-    message = next(
-        result["msg"]
-        for play in report["plays"]
-        for task in play["tasks"]
-        if task["task"]["name"] == "Say where the fleet page is"
-        for result in task["hosts"].values()
-    )
-    page = Path(message.removeprefix("fleet page: "))
-    text = page.read_text()
-    versions = serving_versions(_fleet())
+    page, rows = fleet_page()
+    fleet = _fleet()
+    versions = serving_versions(fleet)
     for host, version in versions.items():
-        row = re.search(rf'<td class="name">{host}</td>.*?</tr>', text, re.S)
-        assert row, f"{host} has no row"
-        cells = [
-            html.unescape(re.sub("<[^>]+>", "", cell)).strip()
-            for cell in re.findall(r"<td[^>]*>(.*?)</td>", row[0], re.S)
-        ]
+        assert host in rows, f"{host} has no row"
+        cells = rows[host]
         assert cells[3].split(" ")[0] == (version or "none"), cells
-    assert f"<h1>Fleet status: {len(versions)} hosts</h1>" in text
+        # The drift column is the host's own figure (none: too few rows, or no profile).
+        psi = _psi(fleet[host])
+        shown = cells[9].split(" ")[0]
+        assert shown == "-" if psi is None else abs(float(shown) - psi) < 0.01, (cells, psi)
+    assert f"<h1>Fleet status: {len(versions)} hosts</h1>" in page.read_text()
     screenshot(page, "fleet-status", height=900)

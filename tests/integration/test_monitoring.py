@@ -13,7 +13,9 @@ import time
 import numpy as np
 import requests
 import yaml
+from browser import screenshot
 from e2e.fleetops import DEPLOY_SETTINGS, MODEL
+from fleetpage import fleet_page
 from labtools import LAB_INVENTORY, ROOT, run_playbook
 
 # Short intervals keep the test short; the rules' shapes are what is tested.
@@ -112,3 +114,13 @@ def test_monitoring_role_scrapes_the_fleet_and_alerts_on_drift():
     assert alert["labels"]["edgeml_action"] == "pause" and alert["labels"]["model"] == MODEL
     assert alert["status"]["state"] == "active"
     assert f"on {DRIFTED_HOST}: inputs drifted (PSI" in alert["annotations"]["summary"]
+
+    # The fleet page shows it: that host's drift and its alert, no other host's.
+    page, rows = fleet_page()
+    for host in edges:
+        drift, alerts = rows[host][9], rows[host][10]
+        if host == DRIFTED_HOST:
+            assert float(drift.split(" ")[0]) > 0.25 and "EdgeMLInputDrift" in alerts, rows[host]
+        else:
+            assert float(drift.split(" ")[0]) < 0.25 and "EdgeMLInputDrift" not in alerts, rows[host]
+    screenshot(page, "fleet-status-drift", height=900)

@@ -88,8 +88,9 @@ def test_the_report_says_what_was_rolled_out(report):
     html = report["html"].read_text()
     assert "<h1>Rollout of digits 2.0.0</h1>" in html
     # Each gate as its verdict against the budget, not a JSON dump.
-    assert "smoke FAILED</span>: 0 of 8 vectors right" in html
-    assert "readiness passed</span>: model digits 2.0.0 ready" in html
+    # ... and how long it took.
+    assert "smoke FAILED</span> <small>(0.1 s)</small>: 0 of 8 vectors right" in html
+    assert "readiness passed</span> <small>(1.5 s)</small>: model digits 2.0.0 ready" in html
     assert "pass_ratio" not in html
     # How long each host and each ring took: the canary's one batch took its host's 14.2 s.
     assert re.search(

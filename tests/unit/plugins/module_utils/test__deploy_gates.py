@@ -61,6 +61,16 @@ def test_readiness_times_out_on_another_version(server):
     assert "not ready within 0.5 s" in result.detail and "serving '1'" in result.detail
 
 
+def test_every_gate_records_how_long_it_took(server):
+    """Reports show where a deployment's time goes: each gate's own seconds."""
+    g = gates(server, "1", readiness_timeout=0.5)
+    g.version = "2"
+    waited = g.readiness()
+    assert 0.5 <= waited.seconds < 5 and waited.as_dict()["seconds"] == waited.seconds
+    quick = gates(server, "1", readiness_timeout=5).readiness()
+    assert 0 <= quick.seconds < waited.seconds
+
+
 def test_readiness_watches_the_service(server):
     failed = gates(server, "1", readiness_timeout=30).readiness(lambda: ("edgeml-digits-blue.service failed", None))
     assert not failed.passed and "the service failed" in failed.detail
