@@ -28,7 +28,7 @@ export CONTAINERS_CONF := $(shell roles/lab/files/podman-conf-probe.sh)
 
 .PHONY: help setup demo test check shared-artifacts lint sanity unit server-test molecule integration e2e lab-up lab-down provision \
         survey models server-image deploy-demo bench-server bench-rollout build clean \
-        vm-image vm-boot-test vm-molecule vm-test ee aap-test monitoring
+        vm-image vm-boot-test vm-molecule vm-test ee aap-test lab-play-test monitoring
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -157,8 +157,13 @@ unit: setup ## Unit tests (no lab needed)
 server-test: setup ## Model server tests (real onnxruntime and HTTP on 127.0.0.1)
 	$(PYTEST) -c server/pytest.ini server/tests
 
+# test_lab_play.py brings up a lab of its own: `make test` runs it in the molecule-aap lane
+# (lab-play-test), beside the e2e scenarios, not on the foreground lane's critical path.
 integration: lab-up ## Integration tests on the lab fleet (testinfra over SSH)
-	$(PYTEST) -m lab tests/integration
+	$(PYTEST) -m lab tests/integration --ignore=tests/integration/test_lab_play.py
+
+lab-play-test: setup ## The lab role on a lab of its own: up, idempotent, killed processes, down
+	$(PYTEST) -m lab tests/integration/test_lab_play.py
 
 # Molecule builds its Debian 12 and 13 systemd images with the lab role (no registry).
 molecule: setup ## Molecule scenario of edge_host on Debian 12 and 13

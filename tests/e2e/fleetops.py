@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import threading
 import time
@@ -13,6 +14,9 @@ from urllib.parse import urlsplit
 
 import requests
 from labtools import BIN, LAB_INVENTORY, MODEL, ROOT, podman, run_playbook, serving_versions
+
+# `ansible -o` output is parsed: never coloured, whatever the caller's terminal settings.
+ANSIBLE_PLAIN = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
 
 # Small gates keep each scenario short; the shapes and thresholds are what is tested.
 # The latency budget sits between the good models and 4.0.0, with room on both sides for
@@ -284,6 +288,7 @@ def host_state(host: str) -> dict:
         check=True,
         capture_output=True,
         text=True,
+        env=ANSIBLE_PLAIN,
     ).stdout
     return json.loads(base64.b64decode(json.loads(out.split("=>", 1)[1])["content"]))
 
@@ -294,6 +299,7 @@ def path_exists_on(host: str, path: str) -> bool:
         check=True,
         capture_output=True,
         text=True,
+        env=ANSIBLE_PLAIN,
     ).stdout
     return json.loads(result.split("=>", 1)[1])["stat"]["exists"]
 
