@@ -120,6 +120,12 @@ def _binned(name: str, rows: t.Any, bins: int) -> dict[str, t.Any]:
             "Leave reference_inputs_file out for this model (drift is then not measured).",
         )
     finite = np.isfinite(matrix).all(axis=1)
+    if finite.sum() < MIN_REFERENCE_ROWS:
+        raise EdgeMLError(
+            f"{name!r}: only {int(finite.sum())} of {matrix.shape[0]} reference rows have finite values (NaN or"
+            f" infinity in the others); a reference profile needs at least {MIN_REFERENCE_ROWS}.",
+            "Clean the reference data (or the model's outputs for it) of NaN and infinity.",
+        )
     matrix = matrix[finite]
     quantiles = np.linspace(0.0, 1.0, bins + 1)[1:-1]
     features = []

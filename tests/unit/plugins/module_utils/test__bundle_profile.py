@@ -112,6 +112,11 @@ def test_adding_a_profile_to_an_existing_version_needs_a_new_version(tmp_path):
         (np.zeros((50, 64), np.float32), {}, "has 50 rows; a reference profile needs at least 100"),
         (np.zeros((200, 63), np.float32), {}, "shape [200, 63] does not fit the model's [-1, 64]"),
         (None, {"profile_bins": 1}, "profile_bins is 1; it must be 2..63"),
+        (
+            np.where(np.arange(150)[:, None] < 120, np.nan, 1.0) * np.ones((150, 64), np.float32),
+            {},
+            "'X': only 30 of 150 reference rows have finite values",
+        ),
     ],
 )
 def test_bad_reference_says_what_is_wrong_and_writes_nothing(tmp_path, rows, kw, words):
