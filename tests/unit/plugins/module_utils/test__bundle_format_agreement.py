@@ -31,6 +31,7 @@ sys.path.insert(0, str(SERVER_DIR / "tests"))
 import bundlewriter as bw  # noqa: E402 - needs the sys.path entries above
 from edgeml_server import bundle as server_bundle  # noqa: E402
 from edgeml_server import datatypes as server_datatypes  # noqa: E402
+from edgeml_server import drift as server_drift  # noqa: E402
 from edgeml_server import probe  # noqa: E402
 
 NAMES = ["digits", "a", "face-detect", "x_1", "a" * 63, "a" * 64, "-a", "a-", "Digits", "", "digits\n", "dig its"]
@@ -64,6 +65,12 @@ def test_datatypes_alike():
     assert set(fmt.DATATYPES) == set(server_datatypes.DATATYPES)
     assert fmt.DATATYPES == {oip: ort for ort, oip in server_datatypes.ORT_TO_OIP.items()}
     assert set(fmt.FLOAT_TYPES) == set(server_datatypes.FLOAT_TYPES) == set(probe._FLOAT_TYPES)
+
+
+def test_the_profile_schema_alike():
+    """profile.json: written by _bundle_profile, read by the server's drift.py."""
+    assert fmt.PROFILE_SCHEMA_VERSION == server_drift.PROFILE_SCHEMA_VERSION
+    assert fmt.PROFILE_FILE == "profile.json"
 
 
 def test_a_bundle_model_bundle_writes_loads_in_the_server(tmp_path):
