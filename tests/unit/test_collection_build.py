@@ -83,6 +83,9 @@ def test_tarball_ships_the_lab_as_test_support_only(installed):
                          "vars/job_arguments.yml"]
     # Automation Platform: the definitions and the project template ship (docs/aap.md).
     assert "extensions/aap/controller_config.yml" in listing
+    # Event-Driven Ansible: the rulebooks for ansible-rulebook and for an EDA controller.
+    for rulebook in ("edgeml-fleet.yml", "vars.yml", "edgeml-fleet-aap.yml", "edgeml-fleet-aap.vars.yml"):
+        assert f"extensions/eda/rulebooks/{rulebook}" in listing, rulebook
     assert "extensions/aap/project/deploy_model.yml" in listing
     # The execution environment: its definition and what introspection reads; not the lab's build.
     for shipped in ("execution-environment.yml", "extensions/ee/requirements.yml", "meta/execution-environment.yml",
