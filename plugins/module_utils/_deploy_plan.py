@@ -86,6 +86,8 @@ class DeployRequest:
     log_lines: int = 40
     lock_dir: str = "/run/edgeml"
     lock_wait: float = 0.0
+    # Check mode only: what the check run predicted to deliver but did not (not verified).
+    pending: frozenset[str] = frozenset()
 
 
 class HostLayout:

@@ -119,7 +119,7 @@ def _port(value: t.Any, what: str) -> int:
     return value
 
 
-def build_request(params: dict[str, t.Any]) -> DeployRequest:
+def build_request(params: dict[str, t.Any], check_mode: bool = False) -> DeployRequest:
     validate_name(params["name"])
     version, rollback = params.get("version"), params.get("rollback")
     if version is not None:
@@ -202,6 +202,7 @@ def build_request(params: dict[str, t.Any]) -> DeployRequest:
         gates=_gates(params.get("gates")),
         log_lines=params.get("log_lines", 40),
         lock_wait=lock_wait,
+        pending=frozenset(params.get("pending_delivery") or ()) if check_mode else frozenset(),
     )
 
 
@@ -265,7 +266,7 @@ def _diff(svc: DeployService, seen: Observed, plan: Plan, target: Target) -> lis
 
 
 def run_model_deployment(wrapper: EdgeMLModule) -> dict[str, t.Any]:
-    req = build_request(wrapper.params)
+    req = build_request(wrapper.params, wrapper.check_mode)
     svc = DeployService(req, HostClient(wrapper.module), Files())
     # One deployment of NAME at a time (check mode changes nothing, so it takes no lock);
     # the state is read and the artifacts verified once, under the lock.

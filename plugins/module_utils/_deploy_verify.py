@@ -45,8 +45,9 @@ class Verifier:
         else:
             version, sha256 = t.cast(str, req.version), t.cast(str, req.bundle_sha256)
             image, expected_image, digest = req.image, None, req.image_digest
-        manifest = self.verify_bundle(version, sha256)
-        image_id = self.verify_image(image, digest, expected_image)
+        # A check run's predicted delivery is not on the host: the real run verifies it.
+        manifest = {} if "bundle" in req.pending else self.verify_bundle(version, sha256)
+        image_id = "" if "image" in req.pending else self.verify_image(image, digest, expected_image)
         return Target(version, sha256, image, image_id, digest, manifest, reason)
 
     def verify_bundle(self, version: str, sha256: str) -> dict[str, t.Any]:

@@ -61,6 +61,8 @@ attributes:
     details:
       - Verifies the bundle and image and reads what runs, then returns the plan in RV(actions)
         and RV(plan) without changing anything. No gate runs.
+      - A bundle or image that the same check run only predicted to deliver (O(pending_delivery))
+        is not verified; the plan is predicted from what serves.
   diff_mode:
     support: full
     details:
@@ -179,6 +181,17 @@ options:
       - C(0) fails at once when another deployment runs.
     type: int
     default: 300
+  pending_delivery:
+    description:
+      - In check mode only, what the same check run would have delivered to the host before this
+        task but did not, its copy or pull being only predicted (as the C(model_deployment) role
+        sets it), among C(bundle) and C(image). The module then predicts the switch from what
+        serves without verifying those on the host; a real run always verifies them.
+      - Ignored outside check mode.
+    type: list
+    elements: str
+    choices: [bundle, image]
+    default: []
   gates:
     description: The gates a new version must pass before it keeps serving.
     type: dict
@@ -472,6 +485,7 @@ def main() -> None:
         history_size=dict(type="int", default=10),
         log_lines=dict(type="int", default=40),
         lock_wait=dict(type="int", default=300),
+        pending_delivery=dict(type="list", elements="str", choices=["bundle", "image"], default=[]),
         # A copy: AnsibleModule writes into the spec it is given.
         gates=dict(type="dict", default={}, options=copy.deepcopy(GATES_ARGUMENT_SPEC)),
     )

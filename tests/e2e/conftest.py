@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from fleetops import LoadGenerator, deploy, known_inputs, latest_report, outcomes, serving_versions
+from fleetops import LoadGenerator, deploy, known_inputs, lab_hostvars, latest_report, outcomes, serving_versions
 from labtools import BIN, LAB_INVENTORY, podman
 
 
@@ -30,6 +30,12 @@ def fleet() -> dict[str, str]:
     )
     hostvars = listing["_meta"]["hostvars"]
     return {host: hostvars[host]["edgeml_model_url_from_controller"] for host in sorted(listing["debian"]["hosts"])}
+
+
+@pytest.fixture(scope="session")
+def lab_vars() -> dict[str, dict]:
+    """Every lab host's variables, as the inventory gives them to the playbooks."""
+    return lab_hostvars()
 
 
 @pytest.fixture

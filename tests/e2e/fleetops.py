@@ -33,6 +33,14 @@ GATES = {
 DEPLOY_SETTINGS = {"model_deployment_registry_tls_verify": False, "model_deployment_gates": GATES}
 
 
+def lab_hostvars() -> dict[str, dict]:
+    """Every lab host's variables, as the inventory gives them to the playbooks."""
+    listing = subprocess.run(
+        [BIN / "ansible-inventory", "-i", LAB_INVENTORY, "--list"], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(listing)["_meta"]["hostvars"]
+
+
 def deploy_args(version: str, **extra) -> list[str]:
     settings = {**DEPLOY_SETTINGS, "model_version": version, **extra}
     return ["-i", str(LAB_INVENTORY), "-e", json.dumps(settings)]

@@ -62,13 +62,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _lab_vars() -> dict:
-    listing = json.loads(subprocess.run(
-        [BIN / "ansible-inventory", "-i", LAB_INVENTORY, "--list"], check=True, capture_output=True, text=True
-    ).stdout)
-    return listing["_meta"]["hostvars"]
-
-
 class Rulebook:
     """ansible-rulebook on the controller, its webhook on the lab network's gateway address
     (where the monitoring host's Alertmanager reaches the controller)."""
@@ -142,11 +135,6 @@ class Monitoring:
         while time.monotonic() < deadline and self.alerts():
             time.sleep(1)
         assert not self.alerts(), f"alerts left over from before: {self.alerts()}"
-
-
-@pytest.fixture(scope="module")
-def lab_vars() -> dict:
-    return _lab_vars()
 
 
 @pytest.fixture(scope="module")

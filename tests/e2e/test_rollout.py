@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+from pathlib import Path
 
 import pytest
 import requests
@@ -22,6 +24,7 @@ from fleetops import (
     assert_every_answer_right,
     bring_fleet_for,
     deploy,
+    deploy_args,
     host_state,
     latest_report,
     outcomes,
@@ -31,7 +34,7 @@ from fleetops import (
     serving_versions,
     wait_until_serving,
 )
-from labtools import MODEL, ROOT, run_playbook
+from labtools import LAB_INVENTORY, MODEL, ROOT, run_playbook
 
 ALL_HOSTS = ["edge-1", "edge-2", "edge-3", "edge-4"]
 
@@ -102,6 +105,50 @@ def test_server_crashing_at_start_leaves_the_old_slot_serving(fleet, fleet_on, c
     canary = next(row for row in latest_report()["hosts"] if row["host"] == "edge-1")
     assert [gate["name"] for gate in canary["gates"] if not gate["passed"]] == ["readiness"]
     assert_every_answer_right(traffic)
+
+
+def _printed_summary(report: dict) -> str:
+    """The rollout summary the run printed on the console (the report play's debug task)."""
+    return next(
+        task["hosts"]["localhost"]["msg"]
+        for play in report["plays"]
+        for task in play["tasks"]
+        if task["task"]["name"] == "Print the rollout summary"
+    )
+
+
+def test_check_run_predicts_the_rollout_and_changes_nothing(fleet, fleet_on, next_image, load, lab_vars):
+    """`--check --diff` of a new model on a new server image, with the fleet's rollouts paused
+    and -e rollout_resume=true: the run goes through every ring and predicts each host's
+    switch (the bundle's copy and the image's pull only predicted), changes nothing on any
+    host, writes no report and leaves the pause in place."""
+    fleet_on("1.0.0")
+    pause_file = Path(lab_vars["edge-1"]["rollout_pause_file"])
+    bundle = f"/var/lib/edgeml/bundles/{MODEL}/3.0.0"
+    states = {host: host_state(host) for host in ALL_HOSTS}
+    bundles = {host: path_exists_on(host, bundle) for host in ALL_HOSTS}
+    reports = sorted((ROOT / ".build" / "reports").glob("rollout-*"))
+    inventory = ["-i", str(LAB_INVENTORY)]
+    run_playbook("pause_rollouts.yml", *inventory, "-e", json.dumps({"rollout_pause_reason": "held for a check run"}))
+    try:
+        with load() as traffic:
+            args = deploy_args("3.0.0", rollout_resume=True, **next_image)
+            report = run_playbook("deploy_model.yml", *args, "--check", "--diff", check=False)
+        summary = _printed_summary(report)
+        assert report["returncode"] == 0, summary
+        assert summary.startswith("CHECK MODE"), summary
+        for host in ALL_HOSTS:
+            assert re.search(rf"^{host}\s+\S+\s+1\.0\.0\s+3\.0\.0\s+deployed\b", summary, re.MULTILINE), summary
+        assert "\ncompleted\n" in summary and summary.endswith("report: not written (check mode)")
+        assert json.loads(pause_file.read_text())["reason"] == "held for a check run"
+        assert serving_versions(fleet) == everyone("1.0.0")
+        assert {host: host_state(host) for host in ALL_HOSTS} == states
+        assert {host: path_exists_on(host, bundle) for host in ALL_HOSTS} == bundles
+        assert sorted((ROOT / ".build" / "reports").glob("rollout-*")) == reports
+        assert_every_answer_right(traffic)
+    finally:
+        run_playbook("pause_rollouts.yml", *inventory, "-e", "rollout_resume=true")
+    assert not pause_file.exists()
 
 
 def test_good_version_reaches_every_ring_without_a_failed_request(fleet, fleet_on, load):

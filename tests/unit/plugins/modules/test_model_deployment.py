@@ -163,6 +163,46 @@ def test_check_mode_plans_then_the_run_does_it_then_idempotent(env, capsys):
     assert real["model"]["serving_version"] == "2"
 
 
+def test_check_mode_predicts_over_a_delivery_the_check_run_only_predicted(env, capsys):
+    """A check run of the role predicts the bundle's copy and the image's pull without making
+    them: with pending_delivery the module predicts the switch all the same; without it, or in
+    a real run, what is missing on the host is refused."""
+    args = env["args"]
+    run(args, capsys)
+    before = models.tree(env["tmp"])
+    absent = dict(args, version="9", bundle_sha256="9" * 64)  # a bundle not on the host
+
+    refused = run(absent, capsys, check=True)
+    assert refused["failed"] is True and refused["outcome"] == "refused"
+    assert "The bundle digits 9 is incomplete on this host" in refused["msg"]
+
+    predicted = run(dict(absent, pending_delivery=["bundle"]), capsys, check=True)
+    assert not predicted.get("failed") and predicted["changed"] is True and predicted["outcome"] == "deployed"
+    assert predicted["plan"] == "swap" and predicted["gates"] == []
+    assert predicted["model"]["previous_version"] == "1" and predicted["model"]["serving_version"] == "9"
+
+    # An image the check run would pull: not verified, and a new image means a new slot.
+    new_image = dict(
+        absent,
+        pending_delivery=["bundle", "image"],
+        image="localhost/edgeml-model-server:next",
+        image_digest=None,
+        slots={
+            slot: {**spec, "unit": spec["unit"].replace(fx.IMAGE, "localhost/edgeml-model-server:next")}
+            for slot, spec in args["slots"].items()
+        },
+    )
+    predicted = run(new_image, capsys, check=True)
+    assert not predicted.get("failed") and predicted["plan"] == "bluegreen" and predicted["slot"] == "green"
+    assert models.tree(env["tmp"]) == before  # nothing changed on the host
+    assert len(env["host"].running()) == 1  # version 1's slot, still the only one
+
+    # Outside check mode the module always verifies: pending_delivery changes nothing.
+    real = run(dict(absent, pending_delivery=["bundle"]), capsys)
+    assert real["failed"] is True and real["outcome"] == "refused" and "incomplete on this host" in real["msg"]
+    assert models.tree(env["tmp"]) == before
+
+
 def test_failed_gate_result_shape(env, capsys):
     args = env["args"]
     run(args, capsys)
