@@ -57,7 +57,7 @@ $(COLLECTION_LINK):
 
 demo: setup lab-up survey provision models server-image deploy-demo monitoring ## The whole story on the lab fleet
 
-# Three lanes side by side (foreground, vm, molecule): see the script.
+# Two lanes side by side (foreground, background): see the script.
 test: setup ## Run the whole suite (containers, VMs, end to end; scripts/run-test-suite.sh)
 	MAKE="$(MAKE)" scripts/run-test-suite.sh
 
@@ -157,7 +157,7 @@ unit: setup ## Unit tests (no lab needed)
 server-test: setup ## Model server tests (real onnxruntime and HTTP on 127.0.0.1)
 	$(PYTEST) -c server/pytest.ini server/tests
 
-# test_lab_play.py brings up a lab of its own: `make test` runs it in the molecule-aap lane
+# test_lab_play.py brings up a lab of its own: `make test` runs it in the background lane
 # (lab-play-test), beside the e2e scenarios, not on the foreground lane's critical path.
 integration: lab-up ## Integration tests on the lab fleet (testinfra over SSH)
 	$(PYTEST) -m lab tests/integration --ignore=tests/integration/test_lab_play.py

@@ -4,23 +4,22 @@
 # The layers differ in what they wait on: lint, sanity, unit and server tests are pure CPU;
 # the VM layer keeps one core busy with qemu (single-threaded TCG) for most of its run; the
 # end-to-end scenarios mostly wait on SSH round trips, gates and soak windows (about 60 %
-# of two cores). So three lanes run side by side:
+# of two cores). So two lanes run side by side:
 # - the foreground lane: lint, sanity, unit and server tests (they need no artifact),
 #   then, once the shared artifacts exist, the integration tests and the e2e scenarios on
 #   the lab fleet;
-# - the vm lane (background): what the other lanes need (the example bundles, the lab's
-#   Debian 13 base, the model server image), then the VM layer (image build, boot test,
-#   Molecule in a VM);
-# - the molecule-aap lane (background, once the shared artifacts exist): the Molecule
-#   scenario of edge_host in Debian 12 and 13 containers, then the Automation Platform
-#   layer (the lab EE built with ansible-builder, job templates and the release workflow
-#   run through ansible-runner in it, and the collection installed from its tarball, on a
-#   lab of its own: tests/aap), then the lab role's own test (a lab of its own too:
-#   tests/integration/test_lab_play.py). They own no lab the foreground uses, so they move
-#   off its critical path here.
-# The e2e latency gates allow 500 ms p95 where good versions measure up to 265 ms with the
-# other lanes running and the too-slow version 1.1 s or more (tests/e2e/fleetops.py),
-# so sharing the CPU does not decide them.
+# - the background lane: what the foreground needs (the example bundles, the lab's Debian
+#   13 base, the model server image), then the VM layer (image build, boot test, Molecule
+#   in a VM), then the Molecule scenario of edge_host in Debian 12 and 13 containers, the
+#   Automation Platform layer (the lab EE built with ansible-builder, job templates and the
+#   release workflow run through ansible-runner in it, and the collection installed from
+#   its tarball, on a lab of its own: tests/aap) and the lab role's own test (a lab of its
+#   own too: tests/integration/test_lab_play.py). None of them uses the main lab.
+# Two lanes, not three: with the VM, the Automation Platform layer and the e2e scenarios
+# all at once (load average 13 on 2 cores), good versions' latency gates measured over
+# 500 ms and failed. The e2e latency gates allow 800 ms p95, where good versions measured
+# up to 644 ms in that overload and the too-slow version 1.1 s or more on an idle machine
+# (tests/e2e/fleetops.py).
 # A background lane's output goes to its log, printed when it ends; a failed lane stops
 # the suite at the next layer boundary.
 #
@@ -126,21 +125,20 @@ run_layer() {
   say "$layer passed in $((SECONDS - layer_started))s"
 }
 
-start_lane vm "$make_cmd --no-print-directory shared-artifacts && touch $artifacts_done && $make_cmd --no-print-directory vm-test"
+# Niced after the VM layer: those layers judge answers, not latency, and share the cores
+# with the e2e scenarios, which do.
+start_lane background "$make_cmd --no-print-directory shared-artifacts && touch $artifacts_done \
+  && $make_cmd --no-print-directory vm-test \
+  && nice -n 10 $make_cmd --no-print-directory molecule && nice -n 10 $make_cmd --no-print-directory aap-test \
+  && nice -n 10 $make_cmd --no-print-directory lab-play-test"
 
 for layer in lint sanity unit server-test; do run_layer "$layer"; done
 
 say "waiting for the shared artifacts (lab base image, model server image, bundles)"
-while [ ! -e "$artifacts_done" ] && [ "$(lane_status vm)" = running ]; do sleep 5; done
-[ -e "$artifacts_done" ] || fail "$(lane_status vm)" vm "" "the shared artifacts failed"
-
-# Off the critical path (it ends before the others): lower CPU priority, so that the VM
-# layer and the e2e scenarios get the cores they need when all three run. The AAP layer's
-# gates judge answers, not latency, so its own lab's share of the CPU does not decide them.
-start_lane molecule-aap "nice -n 10 $make_cmd --no-print-directory molecule && nice -n 10 $make_cmd --no-print-directory aap-test && nice -n 10 $make_cmd --no-print-directory lab-play-test"
+while [ ! -e "$artifacts_done" ] && [ "$(lane_status background)" = running ]; do sleep 5; done
+[ -e "$artifacts_done" ] || fail "$(lane_status background)" background "" "the shared artifacts failed"
 
 for layer in integration e2e; do run_layer "$layer"; done
 
-finish_lane molecule-aap
-finish_lane vm
+finish_lane background
 say "whole suite passed"

@@ -20,14 +20,17 @@ ANSIBLE_PLAIN = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0
 
 # Small gates keep each scenario short; the shapes and thresholds are what is tested.
 # The latency budget sits between the good models and 4.0.0, with room on both sides for
-# a busy machine (make test runs the VM layer and Molecule beside these scenarios). Good
-# models: well under 1 ms of compute; measured p95 10-63 ms alone, up to 265 ms while a
-# TCG VM and Molecule shared the 2 cores. 4.0.0: 640 MatMuls, 1.1 s or more per request
-# (with 192, a CI run measured it at 450-530 ms: on both sides of the budget).
+# a busy machine (make test runs the VM and Automation Platform layers beside these
+# scenarios). Good models: well under 1 ms of compute; measured p95 10-63 ms alone, up to
+# 265 ms while a TCG VM and Molecule shared the 2 cores, and single requests of 505-644 ms
+# when the VM, the Automation Platform layer and these scenarios all ran at once (load
+# average 13: the suite no longer runs them so). 4.0.0: 640 MatMuls, 1.1 s or more per
+# request on an idle machine, slower on a busy one (with 192, a CI run measured it at
+# 450-530 ms: on both sides of a budget).
 GATES = {
     "readiness_timeout": 90,
     "smoke": {"enabled": True, "min_pass_ratio": 1.0},
-    "latency": {"requests": 20, "p95_ms": 500},
+    "latency": {"requests": 20, "p95_ms": 800},
     "error_rate": {"soak_seconds": 2, "max_ratio": 0.0},
 }
 DEPLOY_SETTINGS = {"model_deployment_registry_tls_verify": False, "model_deployment_gates": GATES}
