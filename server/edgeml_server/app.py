@@ -11,6 +11,7 @@ Inference runs inline on the event loop: for the small models this server is for
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -346,8 +347,15 @@ def _headers(scope: dict[str, Any]) -> tuple[int | None, str | None]:
 
 
 class PublicASGI:
-    def __init__(self, service: Service) -> None:
+    """The public API over a Service. With ``offload`` (the admin listener's copy), each
+    request is handled in a worker thread: the gates' requests to a staged candidate must
+    not hold the event loop that the same process's public listener answers on (a
+    candidate taking seconds a request stalled public traffic for as long). The public
+    listener stays on the loop: no thread hop for a model that answers in microseconds."""
+
+    def __init__(self, service: Service, offload: bool = False) -> None:
         self.service = service
+        self.offload = offload
         # Set on SIGTERM: every response then carries "Connection: close", so keep-alive
         # clients reconnect, and land on the other instance sharing the port.
         self.draining = False
@@ -370,7 +378,10 @@ class PublicASGI:
             return
         method = scope["method"]
         try:
-            resp = svc.handle(method, scope["path"], hlen, body)
+            if self.offload:
+                resp = await asyncio.to_thread(svc.handle, method, scope["path"], hlen, body)
+            else:
+                resp = svc.handle(method, scope["path"], hlen, body)
         except Exception as exc:  # last line of defence: one request never takes the server down
             log.exception("unhandled error")
             resp = _json(500, {"error": f"internal error: {exc!r}"})

@@ -370,7 +370,7 @@ def _admin_server(
     # the public read/infer API for this one instance and, there only, the staged
     # candidate and the standby by their versions.
     service = Service(manager, metrics, settings.max_body_bytes, staged_versions=True, live_traffic=False)
-    app = AdminASGI(manager, PublicASGI(service), listener)
+    app = AdminASGI(manager, PublicASGI(service, offload=True), listener)
     return _Server(_config(app, "127.0.0.1", settings.admin_port, 64 * 1024, settings.drain_seconds))
 
 

@@ -36,6 +36,40 @@ def make_mlp_onnx(seed: int = 0, hidden: int = 16, max_iter: int = 60) -> bytes:
     return onx.SerializeToString()
 
 
+def make_slow_onnx(base: bytes, layers: int = 100, width: int = 512) -> bytes:
+    """BASE with its probabilities plus 0 * (a chain of LAYERS width x width MatMuls over X
+    tiled to WIDTH rows): the same answers, about LAYERS * 0.27 GFLOP a request."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_from_string(base)
+    graph = model.graph
+    for node in graph.node:  # the base's probabilities become an inner tensor
+        for names in (node.input, node.output):
+            names[:] = ["fast_probabilities" if name == "probabilities" else name for name in names]
+    rng = np.random.default_rng(0)
+    weights = {
+        "slow_repeats": np.array([width, 1], dtype=np.int64),
+        "slow_w_in": (rng.standard_normal((64, width)) / 64).astype(np.float32),
+        "slow_w": (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32),
+        "slow_zero": np.zeros((1,), dtype=np.float32),
+    }
+    graph.initializer.extend(numpy_helper.from_array(value, key) for key, value in weights.items())
+    nodes = [helper.make_node("Tile", ["X", "slow_repeats"], ["slow_0"])]
+    nodes.append(helper.make_node("MatMul", ["slow_0", "slow_w_in"], ["slow_1"]))
+    for i in range(1, layers + 1):
+        nodes.append(helper.make_node("MatMul", [f"slow_{i}", "slow_w"], [f"slow_{i}_lin"]))
+        nodes.append(helper.make_node("Tanh", [f"slow_{i}_lin"], [f"slow_{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"slow_{layers + 1}"], ["slow_sum"], keepdims=0),
+        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+        helper.make_node("Add", ["fast_probabilities", "slow_nothing"], ["probabilities"]),
+    ]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def _tensor(name: str, arr: np.ndarray) -> dict[str, Any]:
     dt = {"float32": "FP32", "int64": "INT64", "float64": "FP64"}[str(arr.dtype)]
     return {"name": name, "datatype": dt, "shape": list(arr.shape), "data": arr.reshape(-1).tolist()}

@@ -281,3 +281,48 @@ def test_stage_and_promote_repair_an_instance_that_is_not_ready(
     assert r.status_code == 200 and r.json()["previous_version"] is None
     assert s.get("/v2/health/ready").status_code == 200 and s.serving() == "2"
     assert s.admin("GET", f"{REPO}/status").json()["standby_version"] is None
+
+
+def test_a_slow_candidate_on_the_admin_listener_does_not_hold_up_public_traffic(
+    make_server, tmp_path: Path, models: dict[str, bytes], rows: np.ndarray
+) -> None:
+    """The gates' requests to a staged candidate run beside public traffic, not before it:
+    public answers keep coming, from the serving version, while a candidate that takes
+    about a second a request answers on the admin listener."""
+    root = tmp_path / "bundles"
+    bw.write_bundle(root, "digits", "1", models["a"], pointer=True)
+    slow = bw.make_slow_onnx(models["a"], layers=150)
+    bw.write_bundle(root, "digits", "2", slow, rows=rows[:1])
+    s = make_server(root)
+    assert s.wait_ready()
+    assert s.admin("POST", f"{REPO}/stage", json=_version("2")).status_code == 200
+    row = rows[:1]
+    public: list[tuple[float, float, str]] = []
+    stop = threading.Event()
+
+    def public_client() -> None:
+        body = {"inputs": [bw._tensor("X", row)]}
+        with requests.Session() as sess:
+            while not stop.is_set():
+                started = time.monotonic()
+                r = sess.post(s.url + INFER, json=body, timeout=30)
+                assert r.status_code == 200, r.text
+                public.append((started, time.monotonic(), r.json()["model_version"]))
+
+    client = threading.Thread(target=public_client, daemon=True)
+    client.start()
+    try:
+        body = {"inputs": [bw._tensor("X", row)]}
+        for _attempt in range(3):
+            began = time.monotonic()
+            r = s.admin("POST", "/v2/models/digits/versions/2/infer", json=body)
+            ended = time.monotonic()
+            assert r.status_code == 200 and r.json()["model_version"] == "2", r.text
+    finally:
+        stop.set()
+        client.join(timeout=30)
+    # Answers to requests sent well after the candidate's request began (the server had it
+    # by then) and answered before it was: none if the candidate's run held the event loop.
+    meanwhile = [version for start, end, version in public if began + 0.2 < start and end < ended]
+    assert len(meanwhile) >= 3, (ended - began, len(public))
+    assert set(meanwhile) == {"1"}
