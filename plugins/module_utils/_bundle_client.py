@@ -159,12 +159,21 @@ class BundleStore:
         )
 
     def write(
-        self, name: str, version: str, model: bytes, manifest: bytes, files: dict[str, bytes] | None = None
+        self,
+        name: str,
+        version: str,
+        model: bytes,
+        manifest: bytes,
+        files: dict[str, bytes] | None = None,
+        *,
+        finalize: t.Callable[[str], t.Any] | None = None,
     ) -> None:
         """Write a complete bundle atomically: a temporary sibling directory, renamed.
 
         The bundle appears with both files or not at all. An existing *empty*
         directory is replaced; anything else at the path makes the rename fail.
+        FINALIZE(directory) runs on the complete temporary directory before the rename
+        (the signature: a bundle never appears unsigned when it is to be signed).
         """
         parent = os.path.join(self.root, name)
         final = os.path.join(parent, version)
@@ -185,6 +194,8 @@ class BundleStore:
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.chmod(file_path, FILE_MODE)
+            if finalize is not None:
+                finalize(tmpdir)
             os.chmod(tmpdir, DIR_MODE)
             os.rename(tmpdir, final)
             tmpdir = None

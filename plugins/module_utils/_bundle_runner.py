@@ -30,6 +30,11 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_service impor
     BundleRequest,
     BundleService,
 )
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_signing import (
+    SIGNATURE_FILE,
+    Signer,
+    ensure_signature,
+)
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError, EdgeMLModule
 
 
@@ -145,13 +150,37 @@ def build_request(params: dict[str, t.Any]) -> BundleRequest:
     )
 
 
+def build_signer(params: dict[str, t.Any]) -> Signer | None:
+    """The signing material, read and checked before anything is written; None unsigned."""
+    if not params.get("signing_key"):
+        return None
+    return Signer(
+        params["signing_key"],
+        params.get("signing_key_password"),
+        params.get("signing_certificate"),
+        params.get("signing_certificate_chain") or (),
+    )
+
+
 def run_model_bundle(wrapper: EdgeMLModule) -> dict[str, t.Any]:
     wrapper.require_libs(LIB_ERRORS)
     request = build_request(wrapper.params)
+    signer = build_signer(wrapper.params)
     service = BundleService(BundleStore(request.dest))
     desired = service.desired(request)
     plan = service.plan(request, desired)
-    service.apply(request, desired, plan, wrapper.check_mode)
+    # A new bundle is signed before it appears (inside the atomic write); an existing one
+    # is signed unless it already carries this signer's signature over what it holds.
+    service.apply(request, desired, plan, wrapper.check_mode, finalize=signer.sign if signer else None)
+    actions = plan.actions()
+    bundle_signature = None
+    if signer is not None:
+        bundle_signature = {"file": os.path.join(plan.bundle_path, SIGNATURE_FILE), "signed_by": signer.describe()}
+        if plan.changed:
+            actions.append(f"sign {plan.bundle_path} with {signer.describe()} into {bundle_signature['file']}")
+        else:
+            signing_actions, bundle_signature = ensure_signature(plan.bundle_path, signer, wrapper.check_mode)
+            actions += signing_actions
 
     if not request.sample_inputs:
         wrapper.warn(
@@ -168,14 +197,16 @@ def run_model_bundle(wrapper: EdgeMLModule) -> dict[str, t.Any]:
         )
 
     result: dict[str, t.Any] = {
-        "changed": plan.changed,
+        "changed": bool(actions),
         "bundle_path": plan.bundle_path,
         "manifest_path": os.path.join(plan.bundle_path, MANIFEST_FILE),
         "manifest": plan.after,
         "sha256": plan.after["model"]["sha256"],
         "signature": plan.after["signature"],
-        "actions": plan.actions(),
+        "actions": actions,
     }
+    if bundle_signature is not None:
+        result["bundle_signature"] = bundle_signature
     if match is not None:
         result["expected_match"] = match
     diff = wrapper.diff(

@@ -139,8 +139,7 @@ def _tensor_items(raw: t.Any, where: str, kind: str) -> list[dict[str, t.Any]]:
             return [{"name": name, "data": data} for name, data in raw.items()]
     if not isinstance(raw, list):
         raise EdgeMLError(
-            f"{where} must be a list of tensors or a mapping of {kind} name to data, "
-            f"got {type(raw).__name__}.",
+            f"{where} must be a list of tensors or a mapping of {kind} name to data, got {type(raw).__name__}.",
             "Write it as [{name: X, shape: [1, 64], data: [...]}] or {X: [[...]]}.",
         )
     items = []
@@ -214,8 +213,7 @@ def _resolve_shape(
             "Fix the length of data (row-major flattened), or give an explicit 'shape'.",
         )
     raise EdgeMLError(
-        f"{where}: flat data cannot be fitted to the model's shape {spec_shape} "
-        "(several dynamic dimensions).",
+        f"{where}: flat data cannot be fitted to the model's shape {spec_shape} (several dynamic dimensions).",
         "Give an explicit 'shape' or the data as a nested list.",
     )
 
@@ -231,8 +229,7 @@ def _check_shape(shape: list[int], spec_shape: list[int], where: str) -> None:
     for axis, (dim, spec) in enumerate(zip(shape, spec_shape)):
         if spec >= 0 and dim != spec:
             raise EdgeMLError(
-                f"{where}: dimension {axis} is {dim} but the model expects {spec} "
-                f"(model shape {spec_shape}).",
+                f"{where}: dimension {axis} is {dim} but the model expects {spec} (model shape {spec_shape}).",
                 "Fix the sample so its shape fits the model signature.",
             )
 
@@ -263,9 +260,7 @@ def normalize_tensors(
         datatype = tensor.get("datatype", spec["datatype"])
         if datatype != spec["datatype"]:
             raise EdgeMLError(
-                "{}: datatype {} does not match the model's {}.".format(
-                    tensor_where, datatype, spec["datatype"]
-                ),
+                "{}: datatype {} does not match the model's {}.".format(tensor_where, datatype, spec["datatype"]),
                 "Use datatype {} (or leave datatype out).".format(spec["datatype"]),
             )
         shape, flat = _resolve_shape(tensor, spec["shape"], tensor_where, (fallbacks or {}).get(name))
@@ -345,8 +340,7 @@ class BundleService:
             raise EdgeMLError(
                 f"expected_outputs has {len(expected_all)} entries but there are "
                 f"{len(request.sample_inputs)} sample input vectors.",
-                "Give one entry per sample vector, in the same order (null for a vector "
-                "without ground truth).",
+                "Give one entry per sample vector, in the same order (null for a vector without ground truth).",
             )
         vectors = []
         checked = matched = 0
@@ -461,6 +455,15 @@ class BundleService:
         except (KeyError, TypeError, AttributeError):
             return False
 
-    def apply(self, request: BundleRequest, desired: Desired, plan: Plan, check_mode: bool) -> None:
+    def apply(
+        self,
+        request: BundleRequest,
+        desired: Desired,
+        plan: Plan,
+        check_mode: bool,
+        finalize: t.Callable[[str], t.Any] | None = None,
+    ) -> None:
         if plan.action == "create" and not check_mode:
-            self.store.write(request.name, request.version, desired.model, desired.manifest_bytes, desired.files)
+            self.store.write(
+                request.name, request.version, desired.model, desired.manifest_bytes, desired.files, finalize=finalize
+            )

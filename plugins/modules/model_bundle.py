@@ -167,6 +167,32 @@ options:
         mostly 0) merge bins, so a feature may have fewer.
     type: int
     default: 10
+  signing_key:
+    description:
+      - >-
+        A PEM elliptic-curve private key (P-256, P-384 or P-521) on the host running the task. The
+        bundle is signed with it, by OpenSSF model signing (the C(model-signing) Python library),
+        into C(model.sig) in the bundle directory. The signature covers every other file of the
+        directory (model, manifest with its smoke vectors, reference profile).
+      - A new bundle is signed before it appears. An existing bundle is signed when it has no
+        signature or one made by another key (key rotation), and left alone when it carries this
+        key's signature over what it holds. A bundle that changed after it was signed is refused.
+      - The key's content and password never appear in results or messages.
+    type: path
+  signing_key_password:
+    description: The password of an encrypted O(signing_key).
+    type: str
+  signing_certificate:
+    description:
+      - The PEM certificate of O(signing_key), to sign in certificate mode; the hosts then trust
+        the CA that issued it instead of the key.
+    type: path
+  signing_certificate_chain:
+    description:
+      - The PEM certificates of the CAs that issued O(signing_certificate), up to the root the
+        hosts trust. Required with O(signing_certificate).
+    type: list
+    elements: path
 notes:
   - The manifest holds no timestamp, so the same inputs always give the same bytes.
   - A failure message says what is wrong and how to fix it; nothing is written on failure.
@@ -295,6 +321,11 @@ expected_match:
       description: C(matched / vectors), rounded to 6 decimals.
       type: float
   sample: {vectors: 8, matched: 7, mismatched: [3], rate: 0.875}
+bundle_signature:
+  description: The bundle's signature file and its signer (C(key <sha256 of the public key's PEM>) or the certificate).
+  returned: when O(signing_key) is given
+  type: dict
+  sample: {file: /srv/bundles/digits/1.0.0/model.sig, signed_by: key 9a3c0d2e4f}
 actions:
   description: What the task did (or would do in check mode); empty when nothing changes.
   returned: success
@@ -334,11 +365,20 @@ def main() -> None:
         intra_op_threads=dict(type="int", default=1),
         reference_inputs_file=dict(type="path"),
         profile_bins=dict(type="int", default=10),
+        signing_key=dict(type="path", no_log=False),
+        signing_key_password=dict(type="str", no_log=True),
+        signing_certificate=dict(type="path"),
+        signing_certificate_chain=dict(type="list", elements="path"),
     )
     wrapper = EdgeMLModule(
         argument_spec,
         supports_check_mode=True,
         mutually_exclusive=[("sample_inputs", "sample_inputs_file")],
+        required_by={
+            "signing_key_password": "signing_key",
+            "signing_certificate": "signing_key",
+            "signing_certificate_chain": "signing_certificate",
+        },
     )
     wrapper.run(run_model_bundle)
 
