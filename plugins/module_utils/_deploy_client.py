@@ -125,10 +125,12 @@ class ServerClient:
         """Open or close this server's public listener (blue/green switch): "open" | "close"."""
         return self.request("POST", f"/admin/public/{state}", {})
 
-    def infer(self, inputs: list[dict[str, t.Any]], version: str | None = None) -> HttpAnswer:
+    def infer(
+        self, inputs: list[dict[str, t.Any]], version: str | None = None, timeout: float | None = None
+    ) -> HttpAnswer:
         """Infer; with VERSION, addressed to that version (a staged candidate included)."""
         path = f"/v2/models/{self.name}/versions/{version}/infer" if version else f"/v2/models/{self.name}/infer"
-        return self.request("POST", path, {"inputs": inputs})
+        return self.request("POST", path, {"inputs": inputs}, timeout=timeout)
 
     def metrics(self) -> HttpAnswer:
         return self.request("GET", "/metrics")

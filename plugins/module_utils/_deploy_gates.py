@@ -317,8 +317,12 @@ class Gates:
                 "gates.smoke.source: recorded",
             )
         wrong: list[str] = []
+        # The smoke gate judges answers, the latency gate speed: a slow version's answer is
+        # waited for as long as its readiness was (a CI run saw the client's usual timeout
+        # turn a slow but right answer into a wrong vector).
+        timeout = max(self.settings.readiness_timeout, self.client.timeout)
         for index, kind, reference in cases:
-            answer = self.client.infer(self.vectors[index]["inputs"], self.version)
+            answer = self.client.infer(self.vectors[index]["inputs"], self.version, timeout=timeout)
             if not answer.ok or not isinstance(answer.json, dict):
                 wrong.append(f"vector {index}: {answer.reason()}")
                 continue

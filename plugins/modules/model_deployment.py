@@ -204,7 +204,10 @@ options:
         type: float
         default: 120
       smoke:
-        description: Live answers compared with the bundle's smoke vectors.
+        description:
+          - Live answers compared with the bundle's smoke vectors.
+          - Each answer is waited for up to O(gates.readiness_timeout) seconds. This gate judges
+            answers and the latency gate speed, so a slow but right version fails the latency gate.
         type: dict
         default: {}
         suboptions:

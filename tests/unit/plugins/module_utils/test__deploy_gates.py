@@ -104,6 +104,28 @@ def test_smoke(server, version, source, ratio, passed, sources):  # noqa: PLR091
         assert result.measured["pass_ratio"] == 0.5
 
 
+def test_smoke_waits_for_a_slow_answer_and_the_latency_gate_judges_its_speed(tmp_path):
+    """A version slower than the client's usual request timeout but right: the smoke gate
+    waits for its answers (up to the readiness timeout) and passes it; the latency gate
+    fails it, saying so."""
+    root = tmp_path / "bundles"
+    fx.write_bundle(root, "1", model=fx.bw.make_slow_onnx(fx.models.digits_model(), layers=40), expected=[0] * 4)
+    fx.set_pointer(root, "1")
+    proc, _port, admin = fx.start_server(root, tmp_path / "server.log")
+    try:
+        assert fx.wait_for(lambda: ServerClient(admin, "digits").version_ready("1").ok, timeout=60)
+        client = ServerClient(admin, "digits", timeout=0.05)  # shorter than one answer (about 0.3 s)
+        manifest = json.loads((root / "digits" / "1" / "model.json").read_text())
+        slow = Gates(client, GateSettings(readiness_timeout=30, latency_requests=4, latency_p95_ms=50), manifest, "1")
+        smoke = slow.smoke()
+        assert smoke.passed and smoke.measured["passed"] == 4, smoke
+        latency = slow.latency()
+        assert latency.name == "latency" and not latency.passed
+        assert latency.detail.startswith("request 1 of 4 failed"), latency.detail
+    finally:
+        fx.stop_server(proc)
+
+
 def test_smoke_expected_source_without_ground_truth_fails(server):
     result = gates(server, "4", smoke_source="expected").smoke()
     assert not result.passed and "no expected outputs" in result.detail
