@@ -17,9 +17,9 @@
 #   own too: tests/integration/test_lab_play.py). None of them uses the main lab.
 # Two lanes, not three: with the VM, the Automation Platform layer and the e2e scenarios
 # all at once (load average 13 on 2 cores), good versions' latency gates measured over
-# 500 ms and failed. The e2e latency gates allow 800 ms p95, where good versions measured
-# up to 644 ms in that overload and the too-slow version 1.1 s or more on an idle machine
-# (tests/e2e/fleetops.py).
+# 500 ms and failed. The e2e latency gates allow 2.5 s p95, where good versions' single
+# requests measured up to 1.6 s under load and the too-slow version takes about 5 s on an
+# idle machine (tests/e2e/fleetops.py).
 # A background lane's output goes to its log, printed when it ends; a failed lane stops
 # the suite at the next layer boundary.
 #

@@ -24,12 +24,13 @@ ANSIBLE_PLAIN = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0
 # scenarios). Good models: well under 1 ms of compute; measured p95 10-63 ms alone, up to
 # 265 ms while a TCG VM and Molecule shared the 2 cores, and single requests of 505-644 ms
 # when the VM, the Automation Platform layer and these scenarios all ran at once (load
-# average 13: the suite no longer runs them so). 4.0.0: 2.5 s a request on an idle
-# machine, more on a busy one (examples/train_digits.py).
+# average 13: the suite no longer runs them so), and single requests of 1.1-1.6 s in a
+# later CI run (its background lane building the Automation Platform EE). 4.0.0: about
+# 5 s a request on an idle machine, 10 s and more on a busy one (examples/train_digits.py).
 GATES = {
     "readiness_timeout": 90,
     "smoke": {"enabled": True, "min_pass_ratio": 1.0},
-    "latency": {"requests": 20, "p95_ms": 800},
+    "latency": {"requests": 20, "p95_ms": 2500},
     "error_rate": {"soak_seconds": 2, "max_ratio": 0.0},
     # A live window of 2 s, not the default 5: the scenarios' known-answer load
     # (LoadGenerator, about 30 requests a second a host) fills it past min_requests (20);
