@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import tempfile
 import typing as t
 
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_client import read_file, sha256_hex
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
 
 SIGNATURE_FILE = "model.sig"
@@ -54,17 +54,11 @@ def key_hint(public_key_pem: bytes) -> str:
 
     key = serialization.load_pem_public_key(public_key_pem)
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(pem).hexdigest()
+    return sha256_hex(pem)
 
 
 def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise EdgeMLError(
-            f"Cannot read {what} {path}: {exc.strerror or exc}.", "Check the path and its permissions."
-        ) from None
+    return read_file(path, what, "Check the path and its permissions.")
 
 
 class Signature:
@@ -88,7 +82,7 @@ def read_signature(bundle_dir: str) -> Signature | None:
     if not os.path.isfile(path):
         return None
     try:
-        document = json.loads(_read(path, "the bundle signature"))
+        document = json.loads(_read(path, "Bundle signature"))
         material = document["verificationMaterial"]
         payload = json.loads(base64.b64decode(document["dsseEnvelope"]["payload"], validate=True))
         resources = payload["predicate"]["resources"]
@@ -113,7 +107,7 @@ def content_changes(bundle_dir: str, signature: Signature) -> list[str]:
             path = os.path.join(root, name)
             relative = os.path.relpath(path, bundle_dir)
             if relative != SIGNATURE_FILE:
-                actual[relative] = hashlib.sha256(_read(path, "bundle file")).hexdigest()
+                actual[relative] = sha256_hex(_read(path, "Bundle file"))
     changes = [
         f"{name} changed"
         for name in sorted(actual)
@@ -215,7 +209,7 @@ def verify_bundle(
 
 def _trusted_key(bundle_dir: str, signature: Signature, trusted_keys: t.Sequence[str]) -> str:
     """The trusted public key (file) the signature names by its hint; an error if none does."""
-    hints = {key_hint(_read(path, "the trusted public key")): path for path in trusted_keys}
+    hints = {key_hint(_read(path, "Trusted public key")): path for path in trusted_keys}
     key = hints.get(signature.key or "")
     if key is None:
         trusted = ", ".join(sorted(hints)) or "none"
@@ -258,7 +252,7 @@ class Signer:
 
         try:
             key = serialization.load_pem_private_key(
-                _read(self.private_key, "the signing key"), self.password.encode() if self.password else None
+                _read(self.private_key, "Signing key"), self.password.encode() if self.password else None
             )
         except (ValueError, TypeError) as exc:
             # Never the key's bytes or the password: only what kind of problem it is.
@@ -281,7 +275,7 @@ class Signer:
         from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
         if self.certificate is not None:
-            ours = x509.load_pem_x509_certificate(_read(self.certificate, "the signing certificate"))
+            ours = x509.load_pem_x509_certificate(_read(self.certificate, "Signing certificate"))
             return signature.leaf_certificate == ours.public_bytes(serialization.Encoding.DER)
         if signature.key != self.key:
             return False
