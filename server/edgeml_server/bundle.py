@@ -1,13 +1,15 @@
 """Load a model bundle (docs/bundle-format.md): verify, open in onnxruntime, self-test.
 
 Order matters and is the point of this module:
-  1. read model.json and check it (schema, names, sizes, signature shape);
+  0. check the bundle's signature, model.sig (signing.py), as the signature policy says;
+  1. read model.json ONCE and check it (schema, names, sizes, signature shape);
   2. read model.onnx ONCE into memory and check size + sha256 against the manifest;
   3. hand exactly those verified bytes to onnxruntime (no second read, so no
-     time-of-check/time-of-use gap);
-  4. check the manifest signature against what onnxruntime reports;
+     time-of-check/time-of-use gap); the bytes of model.json, model.onnx and the
+     reference profile used must also be the ones the verified signature lists;
+  4. check the manifest signature (tensor names, types, shapes) against what onnxruntime reports;
   5. run every smoke vector and compare with the recorded outputs.
-Only a bundle that passed all five becomes a ``LoadedModel``.
+Only a bundle that passed all of them becomes a ``LoadedModel``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from .datatypes import DATATYPES, FLOAT_TYPES, NP_DTYPES, ORT_TO_OIP
 from .drift import DEFAULT_WINDOW, DriftMonitor, ProfileError, parse_profile
+
+if TYPE_CHECKING:
+    from .signing import SignaturePolicy, VerifiedSignature
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
@@ -163,6 +168,7 @@ class LoadedModel:
         outputs: list[TensorSpec],
         load_seconds: float,
         drift: DriftMonitor | None = None,
+        signed_by: str | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -179,6 +185,9 @@ class LoadedModel:
         self.stats = {t.name: InputStats() for t in inputs if t.datatype != "BYTES"}
         # None when the bundle has no reference profile (or drift is switched off).
         self.drift = drift
+        # Who signed the bundle ("key <hint>" or "the certificate <subject>"), verified at load;
+        # None for an unsigned bundle.
+        self.signed_by = signed_by
         self._lock = threading.Lock()
         self._inflight = 0
         self._retired = False
@@ -318,8 +327,11 @@ def check_manifest(
     return model, inputs, outputs
 
 
-def _read_verified(path: Path, size: int, sha256: str, what: str) -> bytes:
-    """The bytes of PATH, checked against the size and sha256 model.json records."""
+def _read_verified(
+    path: Path, size: int, sha256: str, what: str, signed: VerifiedSignature | None = None
+) -> bytes:
+    """The bytes of PATH, checked against the size and sha256 model.json records (and the
+    signature's digest of PATH, for a signed bundle)."""
     try:
         with open(path, "rb") as fh:
             blob = fh.read(size + 1)
@@ -331,18 +343,43 @@ def _read_verified(path: Path, size: int, sha256: str, what: str) -> bytes:
         digest == sha256,
         f"sha256 mismatch for {path}: file has {digest}, model.json says {sha256}; refusing to load {what}",
     )
+    if signed is not None:
+        signed.require(path, digest)
     return blob
 
 
-def load_drift_monitor(
-    bdir: Path, manifest: dict[str, Any], inputs: list[TensorSpec], outputs: list[TensorSpec], window: int
+def _read_manifest(bdir: Path, signed: VerifiedSignature | None) -> Any:
+    """model.json, read once: the bytes checked against the signature are the bytes parsed."""
+    path = bdir / "model.json"
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise BundleError(f"{bdir}/model.json does not exist") from None
+    except OSError as exc:
+        raise BundleError(f"{bdir}/model.json is not readable JSON: {exc}") from None
+    if signed is not None:
+        signed.require(path, hashlib.sha256(raw).hexdigest())
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{bdir}/model.json is not readable JSON: {exc}") from None
+
+
+def load_drift_monitor(  # noqa: PLR0917 - the loader's steps, in order
+    bdir: Path,
+    manifest: dict[str, Any],
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    window: int,
+    signed: VerifiedSignature | None = None,
 ) -> DriftMonitor | None:
     """The bundle's reference profile, verified, as a drift monitor; None without one."""
     ref = manifest.get("reference_profile")
     if ref is None or window <= 0:
         return None
     path = bdir / ref["file"]
-    blob = _read_verified(path, ref["size"], ref["sha256"], "the model")
+    blob = _read_verified(path, ref["size"], ref["sha256"], "the model", signed)
     try:
         tensors_in, tensors_out = parse_profile(
             json.loads(blob), {t.name for t in inputs}, {t.name for t in outputs}
@@ -486,29 +523,34 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     return so
 
 
-def load_bundle(
-    root: Path, name: str, version: str, intra_op_threads: int = 1, drift_window: int = DEFAULT_WINDOW
+def load_bundle(  # noqa: PLR0917 - every caller passes the server's settings in this order
+    root: Path,
+    name: str,
+    version: str,
+    intra_op_threads: int = 1,
+    drift_window: int = DEFAULT_WINDOW,
+    signatures: SignaturePolicy | None = None,
 ) -> LoadedModel:
-    """Verify and self-test ROOT/NAME/VERSION; raise BundleError with the reason."""
+    """Verify and self-test ROOT/NAME/VERSION; raise BundleError with the reason.
+    SIGNATURES defaults to the optional policy with the default trust directory."""
+    # Late: signing.py raises this module's BundleError, so it imports this module.
+    from . import signing  # noqa: PLC0415
+
     t0 = time.perf_counter()
     _require(valid_name(name), f"invalid model name {name!r}")
     _require(valid_version(version), f"invalid version {version!r}")
     bdir = root / name / version
     _require(bdir.is_dir(), f"bundle directory {bdir} does not exist")
-    try:
-        with open(bdir / "model.json", "rb") as fh:
-            manifest = json.load(fh)
-    except FileNotFoundError:
-        raise BundleError(f"{bdir}/model.json does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{bdir}/model.json is not readable JSON: {exc}") from None
+    # Before any of the bundle is parsed or run; None for an unsigned bundle the policy allows.
+    signed = signing.verify_signature(bdir, signatures or signing.SignaturePolicy())
+    manifest = _read_manifest(bdir, signed)
     model, inputs, outputs = check_manifest(manifest, name, version)
     mpath = bdir / model["file"]
-    # Bundles are trusted content checked by hash.
-    blob = _read_verified(mpath, model["size"], model["sha256"], "it")
+    # Bundles are trusted content checked by hash (and by signature, when signed).
+    blob = _read_verified(mpath, model["size"], model["sha256"], "it", signed)
     # Before onnxruntime sees anything: a tampered profile refuses the version as a
     # tampered model does.
-    drift = load_drift_monitor(bdir, manifest, inputs, outputs, drift_window)
+    drift = load_drift_monitor(bdir, manifest, inputs, outputs, drift_window, signed)
     digest = model["sha256"]
     try:
         session = ort.InferenceSession(
@@ -520,5 +562,14 @@ def load_bundle(
     _check_against_session(session, inputs, outputs)
     run_smoke_tests(session, manifest["smoke_tests"], inputs, outputs)
     return LoadedModel(
-        name, version, digest, manifest, session, inputs, outputs, time.perf_counter() - t0, drift
+        name,
+        version,
+        digest,
+        manifest,
+        session,
+        inputs,
+        outputs,
+        time.perf_counter() - t0,
+        drift,
+        signed.signer if signed else None,
     )

@@ -9,12 +9,13 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, logs
 from .bundle import valid_name, valid_version
 from .drift import DEFAULT_WINDOW, MAX_WINDOW
+from .signing import DEFAULT_POLICY, DEFAULT_TRUSTED_KEYS, POLICIES, SignaturePolicy
 
 log = logging.getLogger("edgeml_server")
 
@@ -35,6 +36,7 @@ class Settings:
     public_hold: bool = False
     drain_seconds: float = 5.0
     drift_window: int = DEFAULT_WINDOW
+    signatures: SignaturePolicy = field(default_factory=SignaturePolicy)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -144,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"profile and export drift gauges; 0 switches drift off (env EDGEML_DRIFT_WINDOW, default "
         f"{DEFAULT_WINDOW})",
     )
+    p.add_argument(
+        "--signature-policy",
+        default=_env("EDGEML_SIGNATURE_POLICY", DEFAULT_POLICY),
+        choices=POLICIES,
+        help="required: refuse a bundle without a valid model.sig; optional: load an unsigned bundle, "
+        f"but a signed one only if its signature verifies (env EDGEML_SIGNATURE_POLICY, default {DEFAULT_POLICY})",
+    )
+    p.add_argument(
+        "--trusted-keys",
+        default=_env("EDGEML_TRUSTED_KEYS", str(DEFAULT_TRUSTED_KEYS)),
+        help="directory of the signers this server trusts: PEM public keys (*.pub, *.pem) and CA "
+        "certificates (*.crt); absent means none (env EDGEML_TRUSTED_KEYS, default "
+        f"{DEFAULT_TRUSTED_KEYS})",
+    )
     p.add_argument("--server-version", action="version", version=f"edgeml-server {__version__}")
     return p
 
@@ -183,6 +199,8 @@ def parse(argv: list[str] | None = None) -> Settings:
     if not 1 <= a.intra_op_threads <= 256:
         p.error("--intra-op-threads must be 1..256")
     _check_booleans(p, a)
+    if a.signature_policy not in POLICIES:  # argparse checks the choices of flags, not of defaults
+        p.error(f"EDGEML_SIGNATURE_POLICY={a.signature_policy!r} is not one of {', '.join(POLICIES)}")
     if not 0 <= a.drain_seconds <= 3600:
         p.error("--drain-seconds must be 0..3600")
     if not 0 <= a.drift_window <= MAX_WINDOW:
@@ -202,6 +220,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         public_hold=a.public_hold,
         drain_seconds=a.drain_seconds,
         drift_window=a.drift_window,
+        signatures=SignaturePolicy(a.signature_policy, Path(a.trusted_keys)),
     )
 
 

@@ -296,6 +296,7 @@ async def serve(settings: Settings) -> int:
         settings.intra_op_threads,
         metrics,
         settings.drift_window,
+        settings.signatures,
     )
     listener = PublicListener(settings, Service(manager, metrics, settings.max_body_bytes), manager)
     admin = _admin_server(settings, manager, metrics, listener)
@@ -333,6 +334,8 @@ async def serve(settings: Settings) -> int:
                 "reuse_port": settings.reuse_port,
                 "bind_when_ready": settings.bind_when_ready,
                 "public_hold": settings.public_hold,
+                "signature_policy": settings.signatures.policy,
+                "trusted_keys": str(settings.signatures.trusted_keys),
                 "pid": os.getpid(),
             }
         },

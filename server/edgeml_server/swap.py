@@ -25,6 +25,7 @@ from typing import Any
 from .bundle import BundleError, LoadedModel, load_bundle, read_pointer, valid_version
 from .drift import DEFAULT_WINDOW
 from .metrics import Metrics
+from .signing import SignaturePolicy
 
 log = logging.getLogger("edgeml_server.swap")
 
@@ -45,12 +46,14 @@ class ModelManager:
         intra_op_threads: int,
         metrics: Metrics,
         drift_window: int = DEFAULT_WINDOW,
+        signatures: SignaturePolicy | None = None,
     ) -> None:
         self.root = root
         self.name = name
         self.initial_version = version
         self.intra_op_threads = intra_op_threads
         self.drift_window = drift_window
+        self.signatures = signatures or SignaturePolicy()
         self.metrics = metrics
         self.current: LoadedModel | None = None
         # Why the model is not ready; None once something serves.
@@ -114,7 +117,7 @@ class ModelManager:
         return old
 
     def _load(self, version: str) -> LoadedModel:
-        return load_bundle(self.root, self.name, version, self.intra_op_threads, self.drift_window)
+        return load_bundle(self.root, self.name, version, self.intra_op_threads, self.drift_window, self.signatures)
 
     def _install(self, new: LoadedModel) -> LoadedModel | None:
         new.on_unload = self._on_unload
@@ -164,6 +167,7 @@ class ModelManager:
                     "model": self.name,
                     "version": model.version,
                     "sha256": model.sha256,
+                    "signed_by": model.signed_by,
                     "load_seconds": round(model.load_seconds, 4),
                 }
             },
@@ -241,6 +245,7 @@ class ModelManager:
                         "version": version,
                         "previous_version": previous,
                         "sha256": new.sha256,
+                        "signed_by": new.signed_by,
                         "trigger": trigger,
                         "load_seconds": round(new.load_seconds, 4),
                     }
@@ -282,6 +287,7 @@ class ModelManager:
                         "version": version,
                         "serving_version": self._serving_version(),
                         "sha256": new.sha256,
+                        "signed_by": new.signed_by,
                         "load_seconds": round(new.load_seconds, 4),
                     }
                 },

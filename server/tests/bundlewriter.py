@@ -147,6 +147,42 @@ def write_bundle(
     return bdir
 
 
+def make_key(directory: Path, name: str) -> tuple[Path, Path]:
+    """A fresh EC P-256 key pair as PEM files DIRECTORY/NAME.key (private, PKCS#8) and
+    DIRECTORY/NAME.pub (public, SubjectPublicKeyInfo); return (private, public)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    directory.mkdir(parents=True, exist_ok=True)
+    private, public = directory / f"{name}.key", directory / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
+def key_hint(public_key: Path) -> str:
+    """The hint a signature by this key carries: sha256 of its PEM, as make_key writes it."""
+    return hashlib.sha256(public_key.read_bytes()).hexdigest()
+
+
+def sign_bundle(bdir: Path, private_key: Path) -> Path:
+    """Sign every file of BDIR into BDIR/model.sig with model_signing, as model_bundle does."""
+    from model_signing import hashing, signing
+
+    signature = bdir / "model.sig"
+    signing.Config().set_hashing_config(
+        hashing.Config().set_ignored_paths(paths=[signature.name], ignore_git_paths=False)
+    ).use_elliptic_key_signer(private_key=private_key).sign(bdir, signature)
+    return signature
+
+
 def set_pointer(root: Path, name: str, version: str) -> None:
     # Write-then-rename, as a deployer should: a reader never sees a half-written file.
     tmp = root / name / ".current.tmp"

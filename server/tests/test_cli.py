@@ -35,6 +35,7 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Compl
         (["--bundles", "/tmp", "--model", "digits", "--version", ".."], "not a valid bundle version"),
         (["--bundles", "/tmp", "--model", "digits", "--port", "0"], "--port"),
         (["--bundles", "/tmp", "--model", "digits", "--port", "9000", "--admin-port", "9000"], "must differ"),
+        (["--bundles", "/tmp", "--model", "digits", "--signature-policy", "sometimes"], "--signature-policy"),
     ],
 )
 def test_bad_arguments_exit_2(args: list[str], words: str) -> None:
@@ -54,6 +55,8 @@ def test_help_lists_flags() -> None:
         "--max-body-bytes",
         "--log-level",
         "--intra-op-threads",
+        "--signature-policy",
+        "--trusted-keys",
     ):
         assert flag in r.stdout
         assert "EDGEML_" in r.stdout
@@ -142,3 +145,21 @@ def test_public_hold_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_public_hold_exits_2(args: list[str], env: dict[str, str], words: str) -> None:
     r = _run(["--bundles", "/tmp", "--model", "digits", *args], env=env)
     assert r.returncode == 2 and words in r.stderr, r.stderr
+
+
+def test_signature_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeml_server.cli import parse
+    from edgeml_server.signing import SignaturePolicy
+
+    base = ["--bundles", "/tmp", "--model", "digits"]
+    monkeypatch.delenv("EDGEML_SIGNATURE_POLICY", raising=False)
+    monkeypatch.delenv("EDGEML_TRUSTED_KEYS", raising=False)
+    assert parse(base).signatures == SignaturePolicy("optional", Path("/etc/edgeml/trusted-keys"))
+    monkeypatch.setenv("EDGEML_SIGNATURE_POLICY", "required")
+    monkeypatch.setenv("EDGEML_TRUSTED_KEYS", "/srv/keys")
+    assert parse(base).signatures == SignaturePolicy("required", Path("/srv/keys"))
+    flags = [*base, "--signature-policy", "optional", "--trusted-keys", "/k"]
+    assert parse(flags).signatures == SignaturePolicy("optional", Path("/k"))
+    # argparse checks choices of flags only, not of defaults taken from the environment.
+    r = _run(base, env={"EDGEML_SIGNATURE_POLICY": "sometimes"})
+    assert r.returncode == 2 and "EDGEML_SIGNATURE_POLICY='sometimes' is not one of required, optional" in r.stderr
