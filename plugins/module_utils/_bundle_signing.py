@@ -170,8 +170,14 @@ def verify_bundle(
     policy: str = "required",
 ) -> dict[str, t.Any]:
     """Check BUNDLE_DIR's signature against the trusted public keys (PEM files) or CA
-    certificates under POLICY (required | optional). Return what was checked; raise
-    EdgeMLError saying what is wrong otherwise."""
+    certificates under POLICY (required | optional). Return what was checked (with the
+    signed sha256 of every file, which then equals the file's); raise EdgeMLError saying
+    what is wrong otherwise.
+
+    Under ``optional`` an unsigned bundle passes, and so does a signed one where nothing is
+    trusted at all (signatures are not checked there: anyone could strip one, so refusing a
+    signed bundle but not an unsigned one would protect nothing). Once a key or CA is
+    trusted, a signature must verify against it."""
     if policy not in POLICIES:
         raise EdgeMLError(f"Unknown signature policy {policy!r}.", f"Use one of {', '.join(POLICIES)}.")
     signature = read_signature(bundle_dir)
@@ -182,6 +188,8 @@ def verify_bundle(
                 "Sign the bundle with model_bundle's signing_key, or set the policy of this host's group to optional.",
             )
         return {"signed": False, "policy": policy}
+    if policy == "optional" and not trusted_keys and not trusted_certificates:
+        return {"signed": True, "checked": False, "policy": policy, "signer": signature.signer}
     changes = content_changes(bundle_dir, signature)
     if changes:
         raise EdgeMLError(
@@ -204,7 +212,14 @@ def verify_bundle(
         config.use_certificate_verifier(certificate_chain=list(trusted_certificates))
         checked = {"certificate": True}
     _verify(config, bundle_dir, signature)
-    return {"signed": True, "policy": policy, **checked}
+    return {
+        "signed": True,
+        "checked": True,
+        "policy": policy,
+        "signer": signature.signer,
+        **checked,
+        "digests": dict(signature.digests),
+    }
 
 
 def _trusted_key(bundle_dir: str, signature: Signature, trusted_keys: t.Sequence[str]) -> str:

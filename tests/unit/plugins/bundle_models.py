@@ -190,3 +190,19 @@ def run_module(main: t.Callable[[], None], args: dict[str, t.Any], capsys: t.Any
         else:  # pragma: no cover
             raise AssertionError("module did not exit")
     return json.loads(capsys.readouterr().out)
+
+
+def write_key(directory: t.Any, name: str, password: bytes | None = None) -> tuple[t.Any, t.Any, t.Any]:
+    """An elliptic-curve P-256 signing key: (private PEM path, public PEM path, key)."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    private = directory / f"{name}.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    public = directory / f"{name}.pub"
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public, key

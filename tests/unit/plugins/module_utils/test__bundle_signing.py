@@ -15,31 +15,11 @@ from ansible_collections.edgeml.fleet.plugins.module_utils import _bundle_signin
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
 from ansible_collections.edgeml.fleet.plugins.modules import model_bundle
 from ansible_collections.edgeml.fleet.tests.unit.plugins import bundle_models as models
+from ansible_collections.edgeml.fleet.tests.unit.plugins.bundle_models import write_key
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-
-def write_key(
-    directory: Path, name: str, password: bytes | None = None
-) -> tuple[Path, Path, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-    private = directory / f"{name}.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
-    public = directory / f"{name}.pub"
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return private, public, key
-
-
-@pytest.fixture
-def keys(tmp_path):
-    directory = tmp_path / "keys"
-    directory.mkdir()
-    return {name: write_key(directory, name) for name in ("release", "next", "stranger")}
 
 
 @pytest.fixture
@@ -81,9 +61,12 @@ def test_a_signed_bundle_verifies_against_any_of_the_trusted_keys(bundle, keys):
         verdict = signing.verify_bundle(str(bundle), public_keys(keys, *trusted))
         assert verdict == {
             "signed": True,
+            "checked": True,
             "policy": "required",
+            "signer": f"key {signature.key}",
             "key": signature.key,
             "trusted_key": str(keys["release"][1]),
+            "digests": signature.digests,
         }
 
 
@@ -170,6 +153,10 @@ def test_a_signed_bundle_is_still_checked_under_the_optional_policy(bundle, keys
     signing.sign_bundle(str(bundle), str(keys["stranger"][0]))
     with pytest.raises(EdgeMLError, match="not a trusted key"):
         signing.verify_bundle(str(bundle), public_keys(keys, "release"), policy="optional")
+    # With nothing trusted at all, optional checks no signature (stripping one would pass anyway).
+    assert signing.verify_bundle(str(bundle), policy="optional")["checked"] is False
+    with pytest.raises(EdgeMLError, match="not a trusted key"):
+        signing.verify_bundle(str(bundle), policy="required")
 
 
 def test_a_malformed_signature_says_so(bundle, keys):
@@ -221,7 +208,7 @@ def test_certificate_mode_verifies_against_the_trusted_ca_only(bundle, tmp_path)
     )
     assert signature.certificate and signature.signer == "a certificate"
     verdict = signing.verify_bundle(str(bundle), trusted_certificates=[str(tmp_path / "fleet-ca.crt")])
-    assert verdict == {"signed": True, "policy": "required", "certificate": True}
+    assert verdict["certificate"] and verdict["checked"] and set(verdict["digests"]) == {"model.onnx", "model.json"}
     with pytest.raises(EdgeMLError, match="does not verify"):
         signing.verify_bundle(str(bundle), trusted_certificates=[str(tmp_path / "other-ca.crt")])
     with pytest.raises(EdgeMLError, match="no CA certificate is trusted"):
