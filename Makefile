@@ -55,7 +55,7 @@ $(COLLECTION_LINK):
 
 # --- the two commands ----------------------------------------------------------
 
-demo: setup lab-up survey provision models server-image deploy-demo monitoring ## The whole story on the lab fleet
+demo: setup models lab-up survey provision server-image deploy-demo monitoring ## The whole story on the lab fleet
 
 # Two lanes side by side (foreground, background): see the script.
 test: setup ## Run the whole suite (containers, VMs, end to end; scripts/run-test-suite.sh)

@@ -5,7 +5,8 @@
 
 Usage: corrupt_bundle.py SRC_BUNDLE_DIR DEST_BUNDLE_DIR
 
-model.json is copied unchanged, so it still records the sha256 of the good model.
+model.json (and model.sig, when the bundle is signed) is copied unchanged, so it still
+records the sha256 of the good model.
 model.onnx is copied with 8 bytes in the middle of its largest weight tensor inverted:
 the file still parses and loads, and answers (slightly or badly) differently - the silent
 corruption that only the manifest's sha256 check catches.
@@ -60,13 +61,13 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     src, dest = argv
-    with open(os.path.join(src, "model.onnx"), "rb") as handle:
-        model = handle.read()
-    with open(os.path.join(src, "model.json"), "rb") as handle:
-        manifest = handle.read()
     os.makedirs(dest, mode=0o755, exist_ok=True)
-    changed = sync(os.path.join(dest, "model.json"), manifest)
-    changed = sync(os.path.join(dest, "model.onnx"), corrupt(model)) or changed
+    changed = False
+    # Every file of the bundle (manifest, signature, profile) as it is; the model corrupted.
+    for name in sorted(os.listdir(src)):
+        with open(os.path.join(src, name), "rb") as handle:
+            data = handle.read()
+        changed = sync(os.path.join(dest, name), corrupt(data) if name == "model.onnx" else data) or changed
     print("changed" if changed else "unchanged")
     return 0
 

@@ -142,8 +142,13 @@ def job_inventory(lab_inventory: Path, destination: Path, latency_budget_ms: int
     (the key is the machine credential's, bundles are on the jobs' shared storage, reports
     beside the inventory in the job's private data directory)."""
     inventory = yaml.safe_load(lab_inventory.read_text())
-    for name in ("ansible_ssh_private_key_file", "model_deployment_bundle_src", "rollout_report_dir"):
+    checkout_paths = ("model_deployment_bundle_src", "rollout_report_dir", "edgeml_trusted_keys")
+    for name in ("ansible_ssh_private_key_file", *checkout_paths):
         inventory["all"]["vars"].pop(name, None)
+    # The "bundle a model" job signs nothing yet (no signing credential in the Automation
+    # Platform content), as the project's inventory says; the hosts still check the signed
+    # example bundles against the key the lab installed.
+    inventory["all"]["vars"]["edgeml_signature_policy"] = "optional"
     # The lab registry is plain HTTP.
     inventory["all"]["vars"]["model_deployment_registry_tls_verify"] = False
     inventory["all"]["vars"]["model_deployment_gates"]["latency"]["p95_ms"] = latency_budget_ms

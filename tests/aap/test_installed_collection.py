@@ -25,7 +25,9 @@ from labtools import BIN, ROOT, failed_tasks
 
 GOOD_VERSIONS = ("1.0.0", "3.0.0")
 # The lab inventory's settings that name paths in this checkout: the project must do without.
-CHECKOUT_PATH_VARS = ("model_deployment_bundle_src", "rollout_report_dir", "rollout_pause_file")
+CHECKOUT_PATH_VARS = (
+    "model_deployment_bundle_src", "rollout_report_dir", "rollout_pause_file", "edgeml_trusted_keys"
+)
 # This lane runs at a lower CPU priority beside the e2e scenarios: latency is not what is tested here.
 INSTALLED_GATES = {**GATES, "latency": {**GATES["latency"], "p95_ms": 5000}}
 
@@ -36,6 +38,8 @@ def _user_inventory(lab_inventory: Path) -> dict:
     inventory = yaml.safe_load(lab_inventory.read_text())
     for name in CHECKOUT_PATH_VARS:
         inventory["all"]["vars"].pop(name, None)
+    # The signer's public key is kept with the project, beside the inventory.
+    inventory["all"]["vars"]["edgeml_trusted_keys"] = ["{{ inventory_dir }}/keys/digits-signing.pub"]
     for host in inventory["all"]["children"]["edge"]["children"]["debian"]["hosts"].values():
         host.pop("edgeml_lab_container", None)
     return inventory
@@ -89,6 +93,8 @@ def project(tmp_path_factory, model_bundles, aap_lab) -> dict:
 
     (project / "hosts.yml").write_text(yaml.safe_dump(_user_inventory(aap_lab["inventory"]), sort_keys=False))
     shutil.copytree(model_bundles, project / "bundles")
+    (project / "keys").mkdir()
+    shutil.copy(model_bundles.parent / "keys" / "digits-signing.pub", project / "keys")
     return {"dir": project, "env": env, "collection": collections / "ansible_collections" / "edgeml" / "fleet"}
 
 
