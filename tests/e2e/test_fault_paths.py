@@ -122,7 +122,10 @@ def test_a_rollback_needs_no_registry(fleet, fleet_on, load):
         assert not _registry_answers()
         with load(rolling_out="1.0.0") as traffic:
             report = run_playbook(
-                "rollback.yml", "-e", json.dumps({**settings, "rollback_to": "1.0.0"}), "--limit", HOST, check=False
+                "rollback.yml",
+                "-e",
+                json.dumps({**settings, "rollback_to": "1.0.0", "rollback_hosts": HOST}),
+                check=False,
             )
     finally:
         podman("start", "edgeml-lab-registry")

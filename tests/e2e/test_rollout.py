@@ -200,7 +200,10 @@ def test_manual_rollback_of_one_host_and_of_the_fleet(fleet, fleet_on, load):
     settings = {"model_deployment_registry_tls_verify": False, "model_deployment_gates": GATES}
     with load(rolling_out="1.0.0") as traffic:
         one = run_playbook(
-            "rollback.yml", "-e", json.dumps({**settings, "rollback_to": "1.0.0"}), "--limit", "edge-2", check=False
+            "rollback.yml",
+            "-e",
+            json.dumps({**settings, "rollback_to": "1.0.0", "rollback_hosts": "edge-2"}),
+            check=False,
         )
         assert one["returncode"] == 0
         assert serving_versions(fleet) == {**everyone("3.0.0"), "edge-2": "1.0.0"}

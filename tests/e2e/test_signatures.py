@@ -117,8 +117,6 @@ def test_a_bundle_changed_on_the_host_after_delivery_is_refused_at_load(fleet, f
     }
     try:
         with load() as traffic:  # the changed 1.0.0 must never answer; 3.0.0 keeps serving
-            # rollback_hosts, not --limit: a limit leaves out the report play on localhost, which
-            # fails the run when a host did not end on the version asked for.
             report = run_playbook(
                 "rollback.yml", "-e", json.dumps(settings), check=False
             )

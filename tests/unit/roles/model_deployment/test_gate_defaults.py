@@ -33,9 +33,10 @@ def leaves(spec: dict, path: tuple[str, ...] = ()):
 
 
 def value_at(tree: dict, path: tuple[str, ...]):
-    for key in path:
+    """The value at PATH; None when its last key is unset (an option without a default)."""
+    for key in path[:-1]:
         tree = tree[key]
-    return tree
+    return tree.get(path[-1])
 
 
 SOURCE = sorted(leaves(GATES_ARGUMENT_SPEC))
