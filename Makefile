@@ -159,7 +159,8 @@ server-test: setup ## Model server tests (real onnxruntime and HTTP on 127.0.0.1
 
 # test_lab_play.py brings up a lab of its own: `make test` runs it in the background lane
 # (lab-play-test), beside the e2e scenarios, not on the foreground lane's critical path.
-integration: lab-up ## Integration tests on the lab fleet (testinfra over SSH)
+# models first: lab-up installs the example signing key the bundles are signed with.
+integration: models lab-up ## Integration tests on the lab fleet (testinfra over SSH)
 	$(PYTEST) -m lab tests/integration --ignore=tests/integration/test_lab_play.py
 
 lab-play-test: setup ## The lab role on a lab of its own: up, idempotent, killed processes, down
@@ -171,7 +172,7 @@ molecule: setup ## Molecule scenario of edge_host on Debian 12 and 13
 	ansible-playbook playbooks/lab_images.yml -e lab_debian_suite=trixie
 	molecule test -s edge_host
 
-e2e: lab-up ## End-to-end rollout scenarios on the lab fleet
+e2e: models lab-up ## End-to-end rollout scenarios on the lab fleet
 	$(PYTEST) -m lab tests/e2e
 
 # Its own lab (edgeml-aap), so that it can run beside the e2e scenarios.

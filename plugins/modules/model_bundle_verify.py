@@ -115,7 +115,13 @@ signature:
       trusted key file that verified it (C(trusted_key)) or C(certificate).
   returned: success
   type: dict
-  sample: {signed: true, checked: true, policy: required, signer: key 9a3c0d2e, key: 9a3c0d2e, trusted_key: /etc/edgeml/release.pub}
+  sample:
+    signed: true
+    checked: true
+    policy: required
+    signer: key 9a3c0d2e
+    key: 9a3c0d2e
+    trusted_key: /etc/edgeml/release.pub
 """
 
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_verify import run_model_bundle_verify
