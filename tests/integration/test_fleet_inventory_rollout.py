@@ -35,8 +35,13 @@ NOT_COMPOSED = ("edgeml_rings", "rollout_report_dir")
 
 
 def _unsafe(value):
-    """ansible-inventory's JSON marks strings from outside sources: {"__ansible_unsafe": ...}."""
-    return value["__ansible_unsafe"] if isinstance(value, dict) and "__ansible_unsafe" in value else value
+    """ansible-inventory's JSON marks strings from outside sources, also inside lists and
+    mappings (edgeml_trusted_keys): {"__ansible_unsafe": ...}."""
+    if isinstance(value, dict):
+        return value["__ansible_unsafe"] if "__ansible_unsafe" in value else {k: _unsafe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unsafe(item) for item in value]
+    return value
 
 
 @pytest.fixture(scope="module")
