@@ -5,7 +5,9 @@
 One pass over the bundle's files: with a signature, the signed digests are compared with
 the files (``verify_bundle``; the library then checks the signature over them), and the
 model's sha256 in model.json with the signed one; without, the model is hashed once. Then
-the name and version the deployment asks for.
+the name and version the deployment asks for. The result lists every file's sha256 (the
+signed digests where there are some: no file is read twice), so that a host already holding
+this exact bundle is not sent it again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_client import
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import MANIFEST_FILE, loads_manifest
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_signing import verify_bundle
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError, EdgeMLModule
+from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_client import sha256_file
 
 REBUILD_HINT = (
     "Do not deploy it: rebuild it with edgeml.fleet.model_bundle (and sign it). Nothing was changed on any host."
@@ -75,7 +78,20 @@ def verify_deliverable(
         "version": manifest.get("version"),
         "sha256": model_sha256,
         "signature": signature,
+        "files": bundle_files(path, {**digests, model_file: model_sha256}),
     }
+
+
+def bundle_files(path: str, known: dict[str, str]) -> dict[str, str]:
+    """Every regular file under PATH (relative, '/'-separated) and its sha256: from KNOWN
+    where it is there, else read."""
+    files = {}
+    for directory, _dirs, names in os.walk(path):
+        for name in names:
+            full = os.path.join(directory, name)
+            relative = os.path.relpath(full, path).replace(os.sep, "/")
+            files[relative] = known.get(relative) or sha256_file(full)
+    return dict(sorted(files.items()))
 
 
 def run_model_bundle_verify(wrapper: EdgeMLModule) -> dict[str, t.Any]:

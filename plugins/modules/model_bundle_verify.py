@@ -122,6 +122,16 @@ signature:
     signer: key 9a3c0d2e
     key: 9a3c0d2e
     trusted_key: /etc/edgeml/release.pub
+files:
+  description:
+    - Every file of the bundle (its path relative to O(path)) and its SHA-256, the signed
+      digests where the bundle is signed. The deployment compares them with the host's copy
+      and sends the bundle only when they differ.
+  returned: success
+  type: dict
+  sample:
+    model.json: 0c5e8d1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0a1f2e3d4c5b6a7f8e9d
+    model.onnx: 4b0e1a9c6d0f3f1e2a7c5b8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f
 """
 
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_verify import run_model_bundle_verify

@@ -45,6 +45,28 @@ def test_a_signed_bundle_passes_and_says_what_was_checked(bundle, keys, capsys):
         assert result["signature"]["checked"] and result["signature"]["trusted_key"] == str(keys["next"][1])
 
 
+def every_file_sha256(bundle: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(bundle)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(bundle.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_every_file_of_the_bundle_comes_back_with_its_sha256(bundle, keys, capsys, signed):
+    """What the role compares with the host's copy to decide whether to send the bundle."""
+    (bundle / "extra").mkdir()
+    (bundle / "extra" / "labels.txt").write_text("0 1 2 3 4 5 6 7 8 9\n")
+    if signed:
+        signing.sign_bundle(str(bundle), str(keys["release"][0]))
+    result = verify(bundle, capsys, signature_policy="optional", trusted_keys=[str(keys["release"][1])])
+    assert not result.get("failed"), result
+    assert result["files"] == every_file_sha256(bundle)
+    assert {"model.json", "model.onnx", "extra/labels.txt"} <= set(result["files"])
+    assert ("model.sig" in result["files"]) is signed
+
+
 def test_a_model_replaced_with_its_checksum_rewritten_is_refused(bundle, keys, capsys):
     signing.sign_bundle(str(bundle), str(keys["release"][0]))
     other = models.digits_model(permuted=True)
