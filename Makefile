@@ -173,7 +173,7 @@ molecule: setup ## Molecule scenario of edge_host on Debian 12 and 13
 	molecule test -s edge_host
 
 e2e: models lab-up ## End-to-end rollout scenarios on the lab fleet
-	$(PYTEST) -m lab tests/e2e
+	$(PYTEST) -m lab --durations=40 tests/e2e
 
 # Its own lab (edgeml-aap), so that it can run beside the e2e scenarios.
 aap-test: setup models ## Job templates and the release workflow through ansible-runner in the lab EE

@@ -34,7 +34,7 @@ rm -f "$artifacts_done" "$log_dir"/*.rc
 
 started=$SECONDS
 elapsed() { printf '%dm%02ds' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)); }
-say() { echo "== [$(elapsed)] $* =="; }
+say() { echo "== [$(elapsed)] $* ($(date +%T)) =="; }
 
 # A full disk shows up as odd failures deep inside a layer: check first, say what is free.
 scripts/check-test-disk.sh
@@ -74,6 +74,8 @@ stop_lanes() {
 print_lane() {
   echo "== $1 lane output ($log_dir/$1.log, exit $(lane_status "$1")) =="
   cat "$log_dir/$1.log"
+  echo "== $1 lane steps =="
+  grep -E '^== \[[0-9:]+\] (started|passed): ' "$log_dir/$1.log" || true
   lane_reported[$1]=true
 }
 
@@ -125,12 +127,17 @@ run_layer() {
   say "$layer passed in $((SECONDS - layer_started))s"
 }
 
+# Each step of a background lane says when it started and when it passed, in lines that
+# the suite repeats at its end (a CI log keeps only its last lines).
+# shellcheck disable=SC2016  # expanded by the lane's shell
+lane_step='step() { echo "== [$(date +%T)] started: $* =="; "$@" && echo "== [$(date +%T)] passed: $* =="; }'
+
 # Niced after the VM layer: those layers judge answers, not latency, and share the cores
 # with the e2e scenarios, which do.
-start_lane background "$make_cmd --no-print-directory shared-artifacts && touch $artifacts_done \
-  && $make_cmd --no-print-directory vm-test \
-  && nice -n 10 $make_cmd --no-print-directory molecule && nice -n 10 $make_cmd --no-print-directory aap-test \
-  && nice -n 10 $make_cmd --no-print-directory lab-play-test"
+start_lane background "$lane_step; step $make_cmd --no-print-directory shared-artifacts && touch $artifacts_done \
+  && step $make_cmd --no-print-directory vm-test \
+  && step nice -n 10 $make_cmd --no-print-directory molecule && step nice -n 10 $make_cmd --no-print-directory aap-test \
+  && step nice -n 10 $make_cmd --no-print-directory lab-play-test"
 
 for layer in lint sanity unit server-test; do run_layer "$layer"; done
 

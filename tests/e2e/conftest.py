@@ -6,7 +6,16 @@ import json
 import subprocess
 
 import pytest
-from fleetops import LoadGenerator, deploy, known_inputs, lab_hostvars, latest_report, outcomes, serving_versions
+from fleetops import (
+    ALL_AT_ONCE,
+    LoadGenerator,
+    deploy,
+    known_inputs,
+    lab_hostvars,
+    latest_report,
+    outcomes,
+    serving_versions,
+)
 from labtools import BIN, LAB_INVENTORY, podman
 
 
@@ -40,11 +49,11 @@ def lab_vars() -> dict[str, dict]:
 
 @pytest.fixture
 def fleet_on(fleet, model_bundles, server_image):
-    """Bring the whole fleet to a version (only when it is not there already)."""
+    """Bring the whole fleet to a version (only when it is not there already), all at once."""
 
     def bring(version: str, image_settings: dict | None = None) -> None:
         if set(serving_versions(fleet).values()) != {version} or image_settings:
-            report = deploy(version, **(image_settings or {}))
+            report = deploy(version, **ALL_AT_ONCE, **(image_settings or {}))
             assert report["returncode"] == 0, outcomes(latest_report())
         assert set(serving_versions(fleet).values()) == {version}
 

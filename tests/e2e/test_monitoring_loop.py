@@ -33,7 +33,7 @@ import onnxruntime as ort
 import pytest
 import requests
 import yaml
-from fleetops import deploy, deploy_args, latest_report, outcomes, serving_versions, wait_until_serving
+from fleetops import ALL_AT_ONCE, deploy, deploy_args, latest_report, outcomes, serving_versions, wait_until_serving
 from labtools import BIN, LAB_INVENTORY, MODEL, ROOT, podman, run_playbook
 
 # The lab's scrape and evaluation intervals, set by the test (short, so the test is).
@@ -243,7 +243,7 @@ def monitoring(fleet, lab_vars, rulebook) -> Monitoring:
     """The fleet on BASE_VERSION, Prometheus and Alertmanager at the test's intervals,
     alerting the rulebook, and nothing pending or firing."""
     if set(serving_versions(fleet).values()) != {BASE_VERSION}:
-        report = deploy(BASE_VERSION)
+        report = deploy(BASE_VERSION, **ALL_AT_ONCE)
         assert report["returncode"] == 0, outcomes(latest_report())
     _flush_windows(fleet)
     settings = {**FAST, "monitoring_webhook_url": rulebook.url}

@@ -69,8 +69,11 @@ def test_wrong_outputs_are_stopped_at_the_canary_by_the_smoke_gate(fleet, fleet_
     assert_every_answer_right(traffic)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_too_slow_version_is_stopped_by_the_latency_gate(fleet, fleet_on, next_image, load, mode):
+def test_too_slow_version_is_stopped_by_the_latency_gate(fleet, fleet_on, next_image, load):
+    """In place only: the latency gate judges a staged version the same way in both modes, and
+    the wrong-output scenario above already takes each mode's way back. (In a new slot, 4.0.0's
+    start-up self-test alone took minutes on a busy CI machine: 3 min of suite for nothing new.)"""
+    mode = "in place"
     image = bring_fleet_for(mode, fleet_on, next_image, "1.0.0")
     with load() as traffic:  # 4.0.0 (over a second an answer) never answers a public request
         report = deploy("4.0.0", **image)

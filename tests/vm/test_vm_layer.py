@@ -167,10 +167,8 @@ def test_molecule_vm_scenario(molecule_vm):
     )
     output = ANSI.sub("", run.stdout + "\n" + run.stderr)
     assert "idempotence" in output
-    # converge ran model_deployment (gates included), and side_effect saw the wrong-answer
-    # version rolled back (its assert task ran and passed).
+    # converge ran model_deployment (gates included).
     assert "TASK [edgeml.fleet.model_deployment : " in output
-    assert "TASK [Check that the gates stopped it and the host restored its version]" in output
     # The verify step's own results, not only Molecule's exit status: a verify that found
     # no test file, collected nothing or skipped everything exits 0 too.
     tail = output[-6000:]
