@@ -206,3 +206,54 @@ def write_key(directory: t.Any, name: str, password: bytes | None = None) -> tup
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return private, public, key
+
+
+def write_certificates(directory: t.Any) -> dict[str, t.Any]:
+    """Two CAs (fleet-ca.crt, other-ca.crt) and a code-signing leaf certificate issued by
+    fleet-ca (signer.crt, its key signer.pem): the paths, by name."""
+    import datetime  # noqa: PLC0415
+
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+
+    def certificate(subject: str, key: t.Any, issuer_name: t.Any, issuer_key: t.Any, ca: bool) -> t.Any:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+        else:
+            builder = builder.add_extension(
+                x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    pem = serialization.Encoding.PEM
+    paths: dict[str, t.Any] = {}
+    authorities = {}
+    for name in ("fleet-ca", "other-ca"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        authorities[name] = (key, certificate(name, key, subject, key, ca=True))
+        paths[name] = directory / f"{name}.crt"
+        paths[name].write_bytes(authorities[name][1].public_bytes(pem))
+    private, public, key = write_key(directory, "signer")
+    ca_key, ca_certificate = authorities["fleet-ca"]
+    paths["signer"] = directory / "signer.crt"
+    paths["signer"].write_bytes(
+        certificate("release-signer", key, ca_certificate.subject, ca_key, ca=False).public_bytes(pem)
+    )
+    paths["signer_key"], paths["signer_public_key"] = private, public
+    return paths

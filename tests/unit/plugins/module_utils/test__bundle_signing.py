@@ -5,7 +5,6 @@ signed, then changed the ways an attacker with write access to a bundle would.""
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 from pathlib import Path
@@ -16,10 +15,6 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeML
 from ansible_collections.edgeml.fleet.plugins.modules import model_bundle
 from ansible_collections.edgeml.fleet.tests.unit.plugins import bundle_models as models
 from ansible_collections.edgeml.fleet.tests.unit.plugins.bundle_models import write_key
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 @pytest.fixture
@@ -165,46 +160,13 @@ def test_a_malformed_signature_says_so(bundle, keys):
         signing.verify_bundle(str(bundle), public_keys(keys, "release"))
 
 
-def _certificate(subject: str, key, issuer_name, issuer_key, ca: bool) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-    else:
-        builder = builder.add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 def test_certificate_mode_verifies_against_the_trusted_ca_only(bundle, tmp_path):
-    pem = serialization.Encoding.PEM
-    cas = {}
-    for name in ("fleet-ca", "other-ca"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        cas[name] = (key, _certificate(name, key, subject, key, ca=True))
-        (tmp_path / f"{name}.crt").write_bytes(cas[name][1].public_bytes(pem))
-    private, _public, key = write_key(tmp_path, "signer")
-    ca_key, ca_cert = cas["fleet-ca"]
-    leaf = _certificate("release-signer", key, ca_cert.subject, ca_key, ca=False)
-    (tmp_path / "signer.crt").write_bytes(leaf.public_bytes(pem))
+    certificates = models.write_certificates(tmp_path)
     signature = signing.sign_bundle(
         str(bundle),
-        str(private),
-        certificate=str(tmp_path / "signer.crt"),
-        certificate_chain=[str(tmp_path / "fleet-ca.crt")],
+        str(certificates["signer_key"]),
+        certificate=str(certificates["signer"]),
+        certificate_chain=[str(certificates["fleet-ca"])],
     )
     assert signature.certificate and signature.signer == "a certificate"
     verdict = signing.verify_bundle(str(bundle), trusted_certificates=[str(tmp_path / "fleet-ca.crt")])
