@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from ansible_collections.edgeml.fleet.plugins.modules import model_bundle
+from ansible_collections.edgeml.fleet.tests.unit.plugins import bundle_models as models
 from ansible_collections.edgeml.fleet.tests.unit.plugins.bundle_models import write_key
 
 
@@ -12,3 +16,14 @@ def keys(tmp_path):
     directory = tmp_path / "keys"
     directory.mkdir()
     return {name: write_key(directory, name) for name in ("release", "next", "stranger")}
+
+
+@pytest.fixture
+def digits_bundle(tmp_path, capsys) -> Path:
+    """A digits 1.0.0 bundle as model_bundle writes it (model, manifest with smoke vectors), unsigned."""
+    src = models.write(tmp_path / "digits.onnx", models.digits_model())
+    inputs, expected = models.digits_samples(3)
+    args = dict(src=src, dest=str(tmp_path / "bundles"), name="digits", version="1.0.0")
+    result = models.run_module(model_bundle.main, dict(args, sample_inputs=inputs, expected_outputs=expected), capsys)
+    assert not result.get("failed"), result
+    return Path(result["bundle_path"])

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 from ansible_collections.edgeml.fleet.plugins.module_utils import _bundle_signing as signing
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
-from ansible_collections.edgeml.fleet.plugins.modules import model_bundle
 from ansible_collections.edgeml.fleet.tests.unit.plugins import bundle_models as models
 
 SERVER_DIR = Path(__file__).resolve().parents[4] / "server"
@@ -84,13 +83,8 @@ def server_verdict(bundle: Path, trust: Trust, root: Path) -> Verdict:
 
 
 @pytest.fixture
-def bundle(tmp_path, capsys) -> Path:
-    src = models.write(tmp_path / "digits.onnx", models.digits_model())
-    inputs, expected = models.digits_samples(3)
-    args = dict(src=src, dest=str(tmp_path / "bundles"), name="digits", version="1.0.0")
-    result = models.run_module(model_bundle.main, dict(args, sample_inputs=inputs, expected_outputs=expected), capsys)
-    assert not result.get("failed"), result
-    return Path(result["bundle_path"])
+def bundle(digits_bundle) -> Path:
+    return digits_bundle
 
 
 def _edit_manifest(bundle: Path, edit) -> None:

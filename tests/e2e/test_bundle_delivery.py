@@ -1,0 +1,154 @@
+"""Bundles delivered through registries by digest (model_deployment_bundle_delivery=registry),
+on the lab fleet with two site registries: the lab's own for site_a, and a second one,
+started here on the lab network, for site_b. The controller pushes each bundle once per
+registry; every host pulls it by digest from its own site's registry (seen in each
+registry's access log) and checks every file against what the controller verified.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+import requests
+from fleetops import DEPLOY_SETTINGS, assert_every_answer_right, latest_report, outcomes, serving_versions
+from labtools import BIN, LAB_INVENTORY, MODEL, podman, run_playbook
+
+SITE_B_CONTAINER = "edgeml-lab-registry-site-b"  # labelled as the lab's: lab_down removes it too
+SITE_B_PORT = 5098
+REPOSITORY = f"edgeml-bundles/{MODEL}"
+REGISTRY_IMAGE = "localhost/edgeml-lab-registry:latest"
+MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+
+
+@pytest.fixture(scope="module")
+def site_registries(lab_vars, tmp_path_factory) -> dict:
+    """site -> registry as the controller reaches it; the inventory that gives each site its own."""
+    subprocess.run(["podman", "rm", "--force", "--ignore", SITE_B_CONTAINER], check=True, capture_output=True)
+    podman(
+        "run", "--detach", "--name", SITE_B_CONTAINER, "--network", "edgeml-lab",
+        "--label", "io.edgeml.lab=edgeml-lab", "--publish", f"127.0.0.1:{SITE_B_PORT}:5000", REGISTRY_IMAGE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{SITE_B_PORT}/v2/", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, podman("logs", "--tail", "20", SITE_B_CONTAINER)
+        time.sleep(0.5)
+    overlay = tmp_path_factory.mktemp("site-registries") / "site-registries.yml"
+    registries = {
+        "site_a": ("edgeml-lab-registry:5000", "127.0.0.1:5000"),
+        "site_b": (f"{SITE_B_CONTAINER}:5000", f"127.0.0.1:{SITE_B_PORT}"),
+    }
+    groups = {
+        site: {"vars": {"edgeml_bundle_registry": inside, "edgeml_bundle_registry_from_controller": outside}}
+        for site, (inside, outside) in registries.items()
+    }
+    overlay.write_text(json.dumps({"all": {"children": groups}}))
+    sites = {host: variables["edgeml_site"] for host, variables in lab_vars.items() if "edgeml_site" in variables}
+    assert set(sites.values()) == set(registries), sites
+    yield {
+        "overlay": overlay,
+        "registries": {site: outside for site, (_, outside) in registries.items()},
+        "sites": sites,
+    }
+    subprocess.run(["podman", "rm", "--force", "--ignore", SITE_B_CONTAINER], check=True, capture_output=True)
+
+
+def deploy_through_registries(version: str, overlay, **extra) -> dict:
+    settings = {**DEPLOY_SETTINGS, "model_version": version, "model_deployment_bundle_delivery": "registry", **extra}
+    return run_playbook(
+        "deploy_model.yml", "-i", str(LAB_INVENTORY), "-i", str(overlay), "-e", json.dumps(settings), check=False
+    )
+
+
+def on_hosts(*args: str) -> None:
+    subprocess.run([BIN / "ansible", "-i", LAB_INVENTORY, "debian", *args], check=True, capture_output=True, text=True)
+
+
+def held(registry: str, version: str) -> tuple[str, str] | None:
+    """(manifest digest, image config digest) the registry holds under the version's tag."""
+    answer = requests.get(
+        f"http://{registry}/v2/{REPOSITORY}/manifests/{version}", headers={"Accept": MANIFEST_TYPES}, timeout=10
+    )
+    if answer.status_code == 404:
+        return None
+    answer.raise_for_status()
+    return answer.headers["Docker-Content-Digest"], answer.json()["config"]["digest"]
+
+
+def address_on_lab_network(host: str) -> str:
+    return podman(
+        "inspect", "--format", '{{(index .NetworkSettings.Networks "edgeml-lab").IPAddress}}', f"edgeml-lab-{host}"
+    ).strip()
+
+
+def pulled_by(container: str, digest: str) -> set[str]:
+    """The addresses that fetched the manifest DIGEST from the registry CONTAINER."""
+    log = subprocess.run(["podman", "logs", container], check=True, capture_output=True, text=True)
+    wanted = f"/v2/{REPOSITORY}/manifests/{digest}"
+    return {
+        line.split('http.request.remoteaddr="', 1)[1].split(":", 1)[0]
+        for line in (log.stdout + log.stderr).splitlines()
+        if wanted in line and "http.request.method=GET" in line and 'http.request.remoteaddr="' in line
+    }
+
+
+def test_a_release_reaches_every_host_from_its_own_site_registry_by_digest(fleet, fleet_on, site_registries, load):
+    fleet_on("1.0.0")
+    # No host holds 3.0.0 yet: each must get it from its registry, not keep an earlier copy.
+    on_hosts("-m", "ansible.builtin.file", "-a", f"path=/var/lib/edgeml/bundles/{MODEL}/3.0.0 state=absent")
+    with load(rolling_out="3.0.0") as traffic:
+        report = deploy_through_registries("3.0.0", site_registries["overlay"])
+    assert report["returncode"] == 0, outcomes(latest_report())
+    assert serving_versions(fleet) == dict.fromkeys(fleet, "3.0.0")
+    assert_every_answer_right(traffic)
+    # Both site registries hold the same image (the same bundle makes the same image).
+    images = {site: held(registry, "3.0.0") for site, registry in site_registries["registries"].items()}
+    assert None not in images.values(), images
+    assert len({config for _digest, config in images.values()}) == 1, images
+    # Each host pulled by digest from its own site's registry, not from the other one.
+    containers = {"site_a": "edgeml-lab-registry", "site_b": SITE_B_CONTAINER}
+    for host, site in site_registries["sites"].items():
+        address = address_on_lab_network(host)
+        digest = images[site][0]
+        assert address in pulled_by(containers[site], digest), (host, site)
+        other = next(s for s in containers if s != site)
+        assert address not in pulled_by(containers[other], images[other][0]), (host, other)
+    # The hosts' bundles are the verified files: the servers loaded them (a changed file
+    # would have been refused at load), and a second run finds nothing to pull.
+    again = deploy_through_registries("3.0.0", site_registries["overlay"])
+    assert again["returncode"] == 0 and set(outcomes(latest_report()).values()) == {"unchanged"}
+    assert all(stats["changed"] == 0 for host, stats in again["stats"].items() if host != "localhost"), again["stats"]
+
+
+def test_a_tag_moved_to_other_content_is_refused_before_anything_changes(fleet, fleet_on, site_registries, load):
+    """Someone pushes other content (the 3.0.0 bundle's image) under 4.0.0 in site_b's
+    registry: the rollout of 4.0.0 is refused on every host before any of them changes, and
+    nothing is pushed to site_a's registry either."""
+    fleet_on("3.0.0")
+    moved = f"localhost/{REPOSITORY}:moved"
+    podman("pull", "--tls-verify=false", f"127.0.0.1:5000/{REPOSITORY}:3.0.0")
+    podman("tag", f"127.0.0.1:5000/{REPOSITORY}:3.0.0", moved)
+    registry_b = site_registries["registries"]["site_b"]
+    podman("push", "--tls-verify=false", moved, f"{registry_b}/{REPOSITORY}:4.0.0")
+    before = held(registry_b, "4.0.0")
+    registry_a = site_registries["registries"]["site_a"]
+    a_before = held(registry_a, "4.0.0")
+    with load() as traffic:  # 4.0.0 is never allowed to answer
+        report = deploy_through_registries("4.0.0", site_registries["overlay"])
+    assert report["returncode"] != 0
+    assert serving_versions(fleet) == dict.fromkeys(fleet, "3.0.0")
+    summary = latest_report()
+    assert set(outcomes(summary).values()) <= {"refused", "skipped (rollout halted)"}, outcomes(summary)
+    reasons = {row["host"]: row["reason"] or "" for row in summary["hosts"] if row["outcome"] == "refused"}
+    assert reasons and all("points at other content than the verified bundle" in why for why in reasons.values())
+    assert all(stats["changed"] == 0 for host, stats in report["stats"].items() if host != "localhost")
+    assert held(registry_b, "4.0.0") == before  # refused, never overwritten
+    assert held(registry_a, "4.0.0") == a_before  # nothing pushed anywhere
+    assert_every_answer_right(traffic)
