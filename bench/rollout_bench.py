@@ -265,8 +265,8 @@ def bad_and_sent(traffic: LoadGenerator) -> tuple[int, int]:
     return sum(t.bad() for t in hosts), sum(t.sent for t in hosts)
 
 
-def measure(hosts: int) -> dict:
-    playbook("playbooks/lab_up.yml", *lab_settings(hosts))
+def push_server_image() -> None:
+    """The model server image, built if needed, pushed to the bench lab's registry."""
     playbook(
         "playbooks/build_server_image.yml",
         "-e",
@@ -274,6 +274,11 @@ def measure(hosts: int) -> dict:
         "-e",
         "model_server_image_push_tls_verify=false",
     )
+
+
+def measure(hosts: int) -> dict:
+    playbook("playbooks/lab_up.yml", *lab_settings(hosts))
+    push_server_image()
     urls = fleet_urls(hosts)
     row: dict = {"hosts": hosts}
     # Warm up: images pulled and 1.0.0 serving everywhere, outside the timings.
