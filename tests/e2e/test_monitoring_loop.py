@@ -18,9 +18,11 @@ onnxruntime)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -107,11 +109,36 @@ class Rulebook:
         return self.log_path.stat().st_size
 
     def stop(self) -> None:
+        """The rulebook and every job it started. Its jobs run in sessions of their own (ansible-runner
+        gives each a terminal), so they are found by parentage first: a CI run found a rollback it
+        had started still alive 36 min after its scenario, in the lab of later ones."""
+        jobs = _descendants(self.proc.pid)
         self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        for pid in jobs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below PID (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
 
 
 class Monitoring:

@@ -5,6 +5,7 @@ and a host that hangs mid-deployment (its container frozen) ended by the batch d
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import requests
@@ -102,6 +103,12 @@ def test_pending_host_then_the_same_command_updates_only_it(fleet, fleet_on, loa
     assert_every_answer_right(traffic)
 
 
+def _deployment_running(container: str) -> bool:
+    """Whether an Ansible module (model_deployment's) still runs on the lab host."""
+    found = subprocess.run(["podman", "exec", container, "pgrep", "-f", "AnsiballZ_"], capture_output=True, check=False)
+    return found.returncode == 0
+
+
 def _status(url: str) -> dict:
     try:
         return requests.get(f"{url}/v2/models/{MODEL}/status", timeout=2).json()
@@ -134,10 +141,13 @@ def test_a_host_that_hangs_mid_deployment_ends_at_the_batch_deadline(fleet, flee
                 podman("unpause", "edgeml-lab-edge-2")
             if rollout.poll() is None:
                 rollout.kill()
-        # The frozen deployment finishes (or restores) on its own once the host runs again.
-        settle = time.monotonic() + 120
-        while time.monotonic() < settle and serving_versions({"edge-2": fleet["edge-2"]})["edge-2"] is None:
+        # The frozen deployment finishes (or restores) on its own once the host runs again:
+        # wait for its module to end, or it would switch edge-2 in the middle of the next
+        # scenario (a CI run saw that).
+        settle = time.monotonic() + 300
+        while time.monotonic() < settle and _deployment_running("edgeml-lab-edge-2"):
             time.sleep(1)
+        assert not _deployment_running("edgeml-lab-edge-2"), "the thawed deployment on edge-2 did not end"
         traffic.allow("1.0.0", "3.0.0")
         traffic.resume("edge-2")
     assert rollout.returncode != 0
