@@ -103,10 +103,17 @@ def test_pending_host_then_the_same_command_updates_only_it(fleet, fleet_on, loa
     assert_every_answer_right(traffic)
 
 
-def _deployment_running(container: str) -> bool:
-    """Whether an Ansible module (model_deployment's) still runs on the lab host."""
-    found = subprocess.run(["podman", "exec", container, "pgrep", "-f", "AnsiballZ_"], capture_output=True, check=False)
-    return found.returncode == 0
+def _deployment_running(url: str, container: str) -> bool:
+    """Whether a deployment is still under way on the lab host: its server holds a candidate
+    or a standby version, or an Ansible module still runs there (pipelined: no AnsiballZ file,
+    `python3 && sleep 0` on its command line)."""
+    status = _status(url)
+    if not status or status.get("candidate_version") or status.get("standby_version"):
+        return True
+    module = subprocess.run(
+        ["podman", "exec", container, "pgrep", "-f", "python3 && sleep 0"], capture_output=True, check=False
+    )
+    return module.returncode == 0
 
 
 def _status(url: str) -> dict:
@@ -145,9 +152,9 @@ def test_a_host_that_hangs_mid_deployment_ends_at_the_batch_deadline(fleet, flee
         # wait for its module to end, or it would switch edge-2 in the middle of the next
         # scenario (a CI run saw that).
         settle = time.monotonic() + 300
-        while time.monotonic() < settle and _deployment_running("edgeml-lab-edge-2"):
+        while time.monotonic() < settle and _deployment_running(fleet["edge-2"], "edgeml-lab-edge-2"):
             time.sleep(1)
-        assert not _deployment_running("edgeml-lab-edge-2"), "the thawed deployment on edge-2 did not end"
+        assert not _deployment_running(fleet["edge-2"], "edgeml-lab-edge-2"), "the thawed deployment did not end"
         traffic.allow("1.0.0", "3.0.0")
         traffic.resume("edge-2")
     assert rollout.returncode != 0
