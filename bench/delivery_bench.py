@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -79,7 +80,8 @@ def big_model(megabytes: int) -> bytes:
 def make_bundle(megabytes: int) -> tuple[Path, dict]:
     """The bundle (model_bundle, signed with the example key) and what signing and verifying cost."""
     work = BENCH_DIR / "delivery"
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # a version is immutable: a bundle of another size is another model
+    work.mkdir(parents=True)
     source = work / "big.onnx"
     source.write_bytes(big_model(megabytes))
     session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
