@@ -226,3 +226,11 @@ def manifest_paths_differ(before: t.Any, after: t.Any, prefix: str = "") -> list
             paths.extend(manifest_paths_differ(b, a, f"{prefix}[{index}]"))
         return paths
     return [] if before == after else [prefix or "(root)"]
+
+
+def file_differences(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
+    """How ACTUAL (file -> sha256) differs from EXPECTED: changed, added and missing files."""
+    found = [f"{name} changed" for name in sorted(actual) if name in expected and actual[name] != expected[name]]
+    found += [f"{name} added" for name in sorted(set(actual) - set(expected))]
+    found += [f"{name} missing" for name in sorted(set(expected) - set(actual))]
+    return found

@@ -25,6 +25,7 @@ import tempfile
 import typing as t
 
 from ansible.module_utils.urls import open_url
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import file_differences
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_verify import bundle_files
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError, EdgeMLModule
 
@@ -102,14 +103,6 @@ class RegistryClient:
 # --- service --------------------------------------------------------------------------------
 
 
-def differences(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
-    """How ACTUAL (file -> sha256) differs from EXPECTED: changed, added and missing files."""
-    found = [f"{name} changed" for name in sorted(actual) if name in expected and actual[name] != expected[name]]
-    found += [f"{name} added" for name in sorted(set(actual) - set(expected))]
-    found += [f"{name} missing" for name in sorted(set(expected) - set(actual))]
-    return found
-
-
 def _set_modes(root: str) -> None:
     """Files 0644 and directories 0755, as the SSH delivery leaves them."""
     for directory, _dirs, names in os.walk(root):
@@ -125,7 +118,7 @@ def build_bundle_image(podman: PodmanClient, path: str, files: dict[str, str], t
         shutil.copytree(path, staged, symlinks=False)
         _set_modes(staged)
         # The copy is what goes into the image: it must be what was verified.
-        changed = differences(files, bundle_files(staged, {}))
+        changed = file_differences(files, bundle_files(staged, {}))
         if changed:
             raise EdgeMLError(
                 f"The bundle {path} changed after it was verified: {', '.join(changed)}.",
@@ -224,7 +217,7 @@ def pull_bundle(
     if held == files:
         return {"changed": False, "ref": ref, "dest": dest}
     if check_mode:
-        return {"changed": True, "ref": ref, "dest": dest, "changes": differences(files, held)}
+        return {"changed": True, "ref": ref, "dest": dest, "changes": file_differences(files, held)}
     parent = os.path.dirname(dest.rstrip("/"))
     os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
     podman.run("pull", "--quiet", f"--tls-verify={'true' if tls_verify else 'false'}", ref)
@@ -234,7 +227,7 @@ def pull_bundle(
             _unpack(podman, ref, unpacked)
         finally:
             podman.run("rmi", ref, check=False)  # the unpacked copy is the one kept
-        changed = differences(files, bundle_files(unpacked, {}))
+        changed = file_differences(files, bundle_files(unpacked, {}))
         if changed:
             raise EdgeMLError(
                 f"The bundle image {ref} does not hold the verified bundle: {', '.join(changed)}. "
@@ -255,7 +248,7 @@ def pull_bundle(
     finally:
         if os.path.isdir(unpacked):
             shutil.rmtree(unpacked, ignore_errors=True)
-    return {"changed": True, "ref": ref, "dest": dest, "changes": differences(files, held)}
+    return {"changed": True, "ref": ref, "dest": dest, "changes": file_differences(files, held)}
 
 
 # --- runners --------------------------------------------------------------------------------

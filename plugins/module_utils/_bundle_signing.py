@@ -24,6 +24,7 @@ import tempfile
 import typing as t
 
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_client import read_file, sha256_hex
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import file_differences
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
 
 SIGNATURE_FILE = "model.sig"
@@ -108,14 +109,7 @@ def content_changes(bundle_dir: str, signature: Signature) -> list[str]:
             relative = os.path.relpath(path, bundle_dir)
             if relative != SIGNATURE_FILE:
                 actual[relative] = sha256_hex(_read(path, "Bundle file"))
-    changes = [
-        f"{name} changed"
-        for name in sorted(actual)
-        if name in signature.digests and actual[name] != signature.digests[name]
-    ]
-    changes += [f"{name} added" for name in sorted(set(actual) - set(signature.digests))]
-    changes += [f"{name} missing" for name in sorted(set(signature.digests) - set(actual))]
-    return changes
+    return file_differences(signature.digests, actual)
 
 
 def sign_bundle(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.edgeml.fleet.plugins.module_utils import _bundle_registry as registry
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import file_differences
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_verify import bundle_files
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
 from ansible_collections.edgeml.fleet.plugins.modules import model_bundle_pull, model_bundle_push
@@ -55,8 +56,8 @@ def podman():
 def test_differences_name_changed_added_and_missing_files():
     expected = {"model.json": "a", "model.onnx": "b", "profile.json": "c"}
     actual = {"model.json": "a", "model.onnx": "x", "extra.txt": "d"}
-    assert registry.differences(expected, actual) == ["model.onnx changed", "extra.txt added", "profile.json missing"]
-    assert registry.differences(expected, dict(expected)) == []
+    assert file_differences(expected, actual) == ["model.onnx changed", "extra.txt added", "profile.json missing"]
+    assert file_differences(expected, dict(expected)) == []
 
 
 def test_the_same_bundle_always_makes_the_same_image_and_it_unpacks_to_the_verified_files(bundle, podman, tmp_path):
