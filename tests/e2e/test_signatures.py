@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from fleetops import GATES, assert_every_answer_right, deploy, host_state, latest_report, outcomes, serving_versions
+from fleetops import (
+    ALL_AT_ONCE,
+    GATES,
+    assert_every_answer_right,
+    deploy,
+    host_state,
+    latest_report,
+    outcomes,
+    serving_versions,
+)
 from labtools import MODEL, podman, run_playbook
 from model_signing import hashing, signing
 
@@ -128,4 +137,27 @@ def test_a_bundle_changed_on_the_host_after_delivery_is_refused_at_load(fleet, f
     failure = host_state(HOST)["last_failure"]
     assert failure["version"] == "1.0.0", failure
     assert "changed after it was signed" in failure["reason"] and "model.json" in failure["reason"], failure
+    assert_every_answer_right(traffic)
+
+
+def test_a_host_copy_holding_more_than_the_bundle_is_made_exactly_the_bundle(fleet, fleet_on, load, model_bundles):
+    """A host may hold another build of a version: a signature of a signed build where an
+    unsigned rebuild of the same version comes now (CI met it in the AAP layer), a file left
+    by hand. copy never deletes: the role removes what is beyond the verified bundle, or the
+    model server would find it beside the signed files and refuse the version ("added").
+    Runs after the scenario above, which leaves the fleet on 3.0.0 and edge-1 holding 1.0.0."""
+    fleet_on("3.0.0")
+    bundle = f"/var/lib/edgeml/bundles/{MODEL}/1.0.0"
+    container = f"edgeml-lab-{HOST}"
+    podman("exec", container, "mkdir", "-p", f"{bundle}/notes")
+    _write_on_host(container, f"{bundle}/notes/README", "left by hand")
+    _write_on_host(container, f"{bundle}/model.sig.old", "a signature of another build")
+    with load(rolling_out="1.0.0") as traffic:
+        report = deploy("1.0.0", **ALL_AT_ONCE)
+    assert report["returncode"] == 0, outcomes(latest_report())
+    assert outcomes(latest_report()) == dict.fromkeys(fleet, "deployed")
+    assert serving_versions(fleet) == dict.fromkeys(fleet, "1.0.0")
+    held = podman("exec", container, "find", bundle, "-mindepth", "1", "-printf", "%P\\n").split()
+    source = model_bundles / MODEL / "1.0.0"
+    assert sorted(held) == sorted(str(path.relative_to(source)) for path in source.rglob("*")), held
     assert_every_answer_right(traffic)
