@@ -86,6 +86,10 @@ class DeployRequest:
     log_lines: int = 40
     lock_dir: str = "/run/edgeml"
     lock_wait: float = 0.0
+    # Seconds the deployment may take (the module's deadline option) and when, on the
+    # monotonic clock, they end: no switch and no commit after that.
+    deadline_seconds: int | None = None
+    deadline_at: float | None = None
     # Check mode only: what the check run predicted to deliver but did not (not verified).
     pending: frozenset[str] = frozenset()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import time
 import typing as t
 
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import (
@@ -119,6 +120,23 @@ def _port(value: t.Any, what: str) -> int:
     return value
 
 
+def _deadline(params: dict[str, t.Any]) -> int | None:
+    deadline = params.get("deadline")
+    if deadline is None:
+        return None
+    if params.get("rollback") is not None:
+        raise EdgeMLError(
+            "deadline is set on a rollback; it bounds only a deployment of a new version.",
+            "Leave deadline unset for rollback (a rollback that ends late still ends on the version asked for).",
+        )
+    if not 1 <= deadline <= 86400:
+        raise EdgeMLError(
+            f"deadline is {deadline}; use 1..86400 seconds, or leave it unset for no deadline.",
+            "Pass what is left of the rollout's batch deadline, e.g. 600.",
+        )
+    return deadline
+
+
 def build_request(params: dict[str, t.Any], check_mode: bool = False) -> DeployRequest:
     validate_name(params["name"])
     version, rollback = params.get("version"), params.get("rollback")
@@ -186,6 +204,7 @@ def build_request(params: dict[str, t.Any], check_mode: bool = False) -> DeployR
     lock_wait = _number(
         params.get("lock_wait", 0), "lock_wait", 0, 86400, "Seconds; 0 fails at once when another deployment runs."
     )
+    deadline = _deadline(params)
     return DeployRequest(
         name=params["name"],
         version=version,
@@ -202,6 +221,8 @@ def build_request(params: dict[str, t.Any], check_mode: bool = False) -> DeployR
         gates=_gates(params.get("gates")),
         log_lines=params.get("log_lines", 40),
         lock_wait=lock_wait,
+        deadline_seconds=deadline,
+        deadline_at=None if deadline is None else time.monotonic() + deadline,
         pending=frozenset(params.get("pending_delivery") or ()) if check_mode else frozenset(),
     )
 

@@ -13,7 +13,9 @@
 4. commit: the state file records the new version while switching back is still cheap,
    then the previous version is released.
 
-Any exception after the switch switches back and records why; so does a failed gate.
+Any exception after the switch switches back and records why; so does a failed gate, and
+so does the deployment's deadline (the module's deadline option) when it has passed at the
+switch or at the commit: the controller has given up on the host by then.
 """
 
 from __future__ import annotations
@@ -82,6 +84,26 @@ class Strategy:
         else:
             self.files.write(path, content)
             done.append(f"write {path}: {content.strip()}")
+
+    def past_deadline(self, results: list[GateResult], before: str) -> GateResult | None:
+        """The failed `deadline` gate (appended to RESULTS) when the deployment's deadline has
+        passed, else None; BEFORE names the step it would have been too late for."""
+        if self.req.deadline_at is None:
+            return None
+        late = time.monotonic() - self.req.deadline_at
+        if late < 0:
+            return None
+        result = GateResult(
+            "deadline",
+            False,
+            {"seconds_late": round(late, 1)},
+            {"deadline_seconds": self.req.deadline_seconds},
+            f"the deployment's deadline of {self.req.deadline_seconds} s had passed by {late:.1f} s when it came "
+            f"to {before}: whoever set it (a rollout's batch deadline) has given up on this host, so the new "
+            "version is neither switched to nor kept",
+        )
+        results.append(result)
+        return result
 
     def log_tail(self, slot: str, unit: str | None) -> list[str]:
         try:
@@ -178,7 +200,7 @@ class InPlace(Strategy):
                 results = [GateResult("readiness", False, {"seconds_to_ready": None}, threshold, detail)]
         except Exception as exc:  # every failure must reach the restore
             results.append(_rollout_failure(exc))
-        failed = _first_failed(results)
+        failed = _first_failed(results) or self.past_deadline(results, "the switch")
         if failed is not None:
             return self._switch_back(
                 client, results, failed, previous=previous, seen=seen, slot=slot, done=done, exposed=False
@@ -195,7 +217,7 @@ class InPlace(Strategy):
             if self.req.gates.live_enabled:
                 results.append(gates.live(None))
                 done.append(live_action(self.req))
-            failed = _first_failed(results)
+            failed = _first_failed(results) or self.past_deadline(results, "the commit")
             if failed is None:
                 outcome = Outcome("deployed", results, actions=done, exposed=True)
                 record(outcome)
@@ -278,7 +300,7 @@ class BlueGreen(Strategy):
             done.append(f"gates on slot {slot} (admin port {port}; no public traffic reaches it)")
         except Exception as exc:  # every failure must reach the restore
             results.append(_rollout_failure(exc))
-        failed = _first_failed(results)
+        failed = _first_failed(results) or self.past_deadline(results, "the switch")
         if failed is not None:
             return self._restore(results, failed, seen=seen, plan=plan, old_client=old_client, done=done, exposed=False)
 
@@ -293,7 +315,7 @@ class BlueGreen(Strategy):
             if self.req.gates.live_enabled:
                 results.append(gates.live(watch))
                 done.append(live_action(self.req))
-            failed = _first_failed(results)
+            failed = _first_failed(results) or self.past_deadline(results, "the commit")
             if failed is None:
                 # The final unit first: a restart must open the public port by itself.
                 self.files.write(self.layout.unit_path(slot), plan.unit)

@@ -181,6 +181,18 @@ options:
       - C(0) fails at once when another deployment runs.
     type: int
     default: 300
+  deadline:
+    description:
+      - Seconds this deployment may take, counted from the moment the module starts on the
+        host (the rollout playbooks pass what is left of the batch's deadline,
+        C(rollout_batch_timeout)). Once they have passed, the module moves no public traffic
+        to the new version and does not commit it; it restores the previous version as after
+        a failed gate (failed gate C(deadline)) and records why in the state file.
+      - The controller gives up on the host at that moment and reports it C(timed out). Without
+        a deadline, a host that stopped (frozen, overloaded) and ran on later would switch to
+        the new version after the rollout had halted and rolled the other hosts back.
+      - Not used by rollbacks. Unset, a deployment runs to its end (see O(lock_wait)).
+    type: int
   pending_delivery:
     description:
       - In check mode only, what the same check run would have delivered to the host before this
@@ -488,6 +500,7 @@ def main() -> None:
         history_size=dict(type="int", default=10),
         log_lines=dict(type="int", default=40),
         lock_wait=dict(type="int", default=300),
+        deadline=dict(type="int"),
         pending_delivery=dict(type="list", elements="str", choices=["bundle", "image"], default=[]),
         # A copy: AnsibleModule writes into the spec it is given.
         gates=dict(type="dict", default={}, options=copy.deepcopy(GATES_ARGUMENT_SPEC)),

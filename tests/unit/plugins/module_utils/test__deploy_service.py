@@ -498,3 +498,77 @@ def test_a_version_the_server_refuses_to_load_in_place_never_reaches_public_clie
     assert outcome.restored_version == "2" and env.serving("blue") == "2" and env.pointer() == "2\n"
     assert client.sent > 0 and client.versions == {"2"} and set(client.codes) == {200}, client.codes
     assert state["last_failure"]["gate"] == "readiness"
+
+
+@pytest.mark.parametrize("mode", ["swap", "bluegreen"])
+def test_a_deadline_passed_during_the_gates_restores_without_exposing(env, mode):
+    """The deployment's deadline (what a rollout had left of its batch's) passes while the
+    new version is judged (the soak alone outlasts it): no public request reaches it, the
+    previous version serves on, and the state file says why."""
+    env.deploy(version="1")
+    image = fx.IMAGE if mode == "swap" else fx.IMAGE2
+    gates = dict(FAST_GATES, error_rate={"soak_seconds": 1.5})
+    with PublicClient(env.port) as client:
+        plan, outcome, state = env.deploy(version="2", image=image, gates=gates, deadline=1)
+    assert plan.kind == mode
+    assert outcome.outcome == "rolled_back" and outcome.failed.name == "deadline", outcome
+    assert [g.name for g in outcome.gates if g.passed] == ["readiness", "smoke", "latency", "error_rate"]
+    assert outcome.exposed is False and outcome.restored_version == "1"
+    assert client.sent > 0 and client.versions == {"1"} and set(client.codes) == {200}, client.codes
+    assert env.public_version() == "1" and env.pointer() == "1\n"
+    assert state["serving"]["version"] == "1" and state["last_failure"]["gate"] == "deadline"
+    assert "deadline of 1 s had passed" in state["last_failure"]["reason"]
+    assert "when it came to the switch" in state["last_failure"]["reason"]
+
+
+class DeadlinePassesAtTheSwitch(Files):
+    """Files that end the request's deadline as soon as the switch writes the new version
+    into the pointer file: a host that stood still right after the switch, while its
+    controller gave up on it."""
+
+    def __init__(self, pointer_path: Path, version: str) -> None:
+        super().__init__()
+        self.pointer_path, self.version = str(pointer_path), version
+        self.request = None
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        super().write(path, text, mode)
+        if path == self.pointer_path and text.strip() == self.version:
+            self.request.deadline_at = time.monotonic()
+
+
+@pytest.mark.parametrize("mode", ["swap", "bluegreen"])
+def test_a_deadline_passed_after_the_switch_switches_back_before_the_commit(env, mode):
+    env.deploy(version="1")
+    image = fx.IMAGE if mode == "swap" else fx.IMAGE2
+    files = DeadlinePassesAtTheSwitch(env.root / "digits" / "current", "2")
+    files.request = build_request(env.params(version="2", image=image, deadline=600))
+    svc = DeployService(files.request, env.host, files)
+    state = svc.store.load()
+    target = svc.verify(state)
+    seen = svc.observe(state)
+    outcome, state = svc.deploy(state, target, seen, svc.plan(target, seen))
+    assert outcome.outcome == "rolled_back" and outcome.failed.name == "deadline", outcome
+    assert outcome.exposed is True and outcome.restored_version == "1"
+    assert "when it came to the commit" in outcome.failed.detail
+    assert env.public_version() == "1" and env.pointer() == "1\n"
+    assert state["serving"]["version"] == "1" and state["last_failure"]["gate"] == "deadline"
+
+
+def test_a_deployment_within_its_deadline_is_deployed(env):
+    env.deploy(version="1")
+    _plan, outcome, state = env.deploy(version="2", deadline=600)
+    assert outcome.outcome == "deployed" and "deadline" not in [g.name for g in outcome.gates]
+    assert env.public_version() == "2" and state["serving"]["version"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"deadline": 0}, "deadline is 0; use 1..86400 seconds"),
+        ({"version": None, "rollback": "previous", "deadline": 60}, "deadline is set on a rollback"),
+    ],
+)
+def test_a_deadline_out_of_range_or_on_a_rollback_is_refused(env, extra, words):
+    with pytest.raises(EdgeMLError, match=words):
+        build_request(env.params(**extra))
