@@ -103,7 +103,7 @@ class RegistryClient:
 # --- service --------------------------------------------------------------------------------
 
 
-def _set_modes(root: str) -> None:
+def set_modes(root: str) -> None:
     """Files 0644 and directories 0755, as the SSH delivery leaves them."""
     for directory, _dirs, names in os.walk(root):
         os.chmod(directory, DIR_MODE)
@@ -116,7 +116,7 @@ def build_bundle_image(podman: PodmanClient, path: str, files: dict[str, str], t
     with tempfile.TemporaryDirectory(prefix="edgeml-bundle-image-") as context:
         staged = os.path.join(context, "bundle")
         shutil.copytree(path, staged, symlinks=False)
-        _set_modes(staged)
+        set_modes(staged)
         # The copy is what goes into the image: it must be what was verified.
         changed = file_differences(files, bundle_files(staged, {}))
         if changed:
@@ -156,7 +156,7 @@ def push_bundle(
         holding = {registry: registry_client.manifest(registry, repository, version) for registry in registries}
         for registry, found in holding.items():
             if found is not None:
-                _require_same_image(registry, f"{repository}:{version}", found, image)
+                require_same_image(registry, f"{repository}:{version}", found, image)
         pushed = [registry for registry, found in holding.items() if found is None]
         if check_mode:  # the digests of the registries that hold it already; nothing pushed
             digests = {registry: found[0] for registry, found in holding.items() if found is not None}
@@ -175,7 +175,7 @@ def push_bundle(
                     f"{registry}/{repository}:{version} is not there right after the push.",
                     "Check the registry's storage and logs.",
                 )
-            _require_same_image(registry, f"{repository}:{version}", found, image)
+            require_same_image(registry, f"{repository}:{version}", found, image)
             holding[registry] = found
     finally:
         if check_mode and not existed:
@@ -184,7 +184,7 @@ def push_bundle(
     return {"changed": bool(pushed), "image_id": image, "digests": digests, "pushed": pushed}
 
 
-def _require_same_image(registry: str, reference: str, found: tuple[str, dict[str, t.Any]], image: str) -> None:
+def require_same_image(registry: str, reference: str, found: tuple[str, dict[str, t.Any]], image: str) -> None:
     """Refuse a tag that holds another image than the bundle's: a version is immutable, so
     someone pushed something else under it."""
     digest, manifest = found
@@ -200,7 +200,7 @@ def _require_same_image(registry: str, reference: str, found: tuple[str, dict[st
         )
 
 
-def _unpack(podman: PodmanClient, ref: str, into: str) -> None:
+def unpack_bundle_image(podman: PodmanClient, ref: str, into: str) -> None:
     container = podman.run("create", ref, BUNDLE_DIR_IN_IMAGE)[1].strip()
     try:
         podman.run("cp", f"{container}:{BUNDLE_DIR_IN_IMAGE}/.", into)
@@ -224,7 +224,7 @@ def pull_bundle(
     unpacked = tempfile.mkdtemp(prefix=".pull-", dir=parent)
     try:
         try:
-            _unpack(podman, ref, unpacked)
+            unpack_bundle_image(podman, ref, unpacked)
         finally:
             podman.run("rmi", ref, check=False)  # the unpacked copy is the one kept
         changed = file_differences(files, bundle_files(unpacked, {}))
@@ -236,7 +236,7 @@ def pull_bundle(
                 "after it was verified: run the rollout again, and check the registry if it happens again.",
                 changes=changed,
             )
-        _set_modes(unpacked)
+        set_modes(unpacked)
         if os.path.isdir(dest):
             # Only a copy that is not the verified bundle gets here: set it aside, then replace it.
             aside = tempfile.mkdtemp(prefix=".replaced-", dir=parent)

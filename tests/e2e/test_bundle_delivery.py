@@ -2,18 +2,20 @@
 on the lab fleet with two site registries: the lab's own for site_a, and a second one,
 started here on the lab network, for site_b. The controller pushes each bundle once per
 registry; every host pulls it by digest from its own site's registry (seen in each
-registry's access log) and checks every file against what the controller verified.
+registry's access log) and checks every file against what the controller verified. Last,
+site_b as an air-gapped site: a release exported, imported into its registry, deployed from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
 
 import pytest
 import requests
-from fleetops import DEPLOY_SETTINGS, assert_every_answer_right, latest_report, outcomes, serving_versions
+from fleetops import ALL_AT_ONCE, DEPLOY_SETTINGS, assert_every_answer_right, latest_report, outcomes, serving_versions
 from labtools import BIN, LAB_INVENTORY, MODEL, podman, run_playbook
 
 SITE_B_CONTAINER = "edgeml-lab-registry-site-b"  # labelled as the lab's: lab_down removes it too
@@ -60,21 +62,30 @@ def site_registries(lab_vars, tmp_path_factory) -> dict:
     subprocess.run(["podman", "rm", "--force", "--ignore", SITE_B_CONTAINER], check=True, capture_output=True)
 
 
-def deploy_through_registries(version: str, overlay, **extra) -> dict:
+def deploy_through_registries(version: str, overlay, *inventories: str, **extra) -> dict:
     settings = {**DEPLOY_SETTINGS, "model_version": version, "model_deployment_bundle_delivery": "registry", **extra}
     return run_playbook(
-        "deploy_model.yml", "-i", str(LAB_INVENTORY), "-i", str(overlay), "-e", json.dumps(settings), check=False
+        "deploy_model.yml", "-i", str(LAB_INVENTORY), "-i", str(overlay), *inventories, "-e", json.dumps(settings),
+        check=False,
     )
 
 
-def on_hosts(*args: str) -> None:
-    subprocess.run([BIN / "ansible", "-i", LAB_INVENTORY, "debian", *args], check=True, capture_output=True, text=True)
+def bundle_files_of(bundle) -> dict[str, str]:
+    return {
+        str(path.relative_to(bundle)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(bundle.rglob("*"))
+        if path.is_file()
+    }
 
 
-def held(registry: str, version: str) -> tuple[str, str] | None:
+def on_hosts(*args: str, pattern: str = "debian") -> None:
+    subprocess.run([BIN / "ansible", "-i", LAB_INVENTORY, pattern, *args], check=True, capture_output=True, text=True)
+
+
+def held(registry: str, version: str, repository: str = REPOSITORY) -> tuple[str, str] | None:
     """(manifest digest, image config digest) the registry holds under the version's tag."""
     answer = requests.get(
-        f"http://{registry}/v2/{REPOSITORY}/manifests/{version}", headers={"Accept": MANIFEST_TYPES}, timeout=10
+        f"http://{registry}/v2/{repository}/manifests/{version}", headers={"Accept": MANIFEST_TYPES}, timeout=10
     )
     if answer.status_code == 404:
         return None
@@ -88,10 +99,10 @@ def address_on_lab_network(host: str) -> str:
     ).strip()
 
 
-def pulled_by(container: str, digest: str) -> set[str]:
+def pulled_by(container: str, digest: str, repository: str = REPOSITORY) -> set[str]:
     """The addresses that fetched the manifest DIGEST from the registry CONTAINER."""
     log = subprocess.run(["podman", "logs", container], check=True, capture_output=True, text=True)
-    wanted = f"/v2/{REPOSITORY}/manifests/{digest}"
+    wanted = f"/v2/{repository}/manifests/{digest}"
     return {
         line.split('http.request.remoteaddr="', 1)[1].split(":", 1)[0]
         for line in (log.stdout + log.stderr).splitlines()
@@ -151,4 +162,78 @@ def test_a_tag_moved_to_other_content_is_refused_before_anything_changes(fleet, 
     assert all(stats["changed"] == 0 for host, stats in report["stats"].items() if host != "localhost")
     assert held(registry_b, "4.0.0") == before  # refused, never overwritten
     assert held(registry_a, "4.0.0") == a_before  # nothing pushed anywhere
+    assert_every_answer_right(traffic)
+
+
+def _uploads(container: str) -> int:
+    """How many uploads (blob and manifest PUTs) the registry CONTAINER has answered."""
+    log = subprocess.run(["podman", "logs", container], check=True, capture_output=True, text=True)
+    return sum(
+        1 for line in (log.stdout + log.stderr).splitlines()
+        if "http.request.method=PUT" in line and "http.response.status=201" in line
+    )  # fmt: skip
+
+
+def test_a_release_carried_to_an_air_gapped_site_deploys_from_its_registry(  # noqa: PLR0917 - fixtures
+    fleet, fleet_on, site_registries, load, model_bundles, server_image, tmp_path
+):
+    """site_b as an air-gapped site: 1.0.0 and the server image exported as a release
+    (export_release.yml), loaded into site_b's registry and its control node's bundle root
+    after every check (import_release.yml), then rolled out there with the same
+    deploy_model.yml: its hosts pull both images from their own registry, and the
+    deployment pushes nothing (the import put everything there). site_a is not touched."""
+    fleet_on("3.0.0")
+    release_dir, site_bundles = tmp_path / "release-1.0.0", tmp_path / "site-b-bundles"
+    exported = run_playbook("export_release.yml", "-i", str(LAB_INVENTORY), "-e", json.dumps({
+        "release_model_name": MODEL, "release_model_version": "1.0.0", "release_bundle_src": str(model_bundles),
+        "release_server_image": server_image["image"], "release_dir": str(release_dir),
+    }))  # fmt: skip
+    assert exported["returncode"] == 0
+    registry_b = site_registries["registries"]["site_b"]
+    imported = run_playbook("import_release.yml", "-i", str(LAB_INVENTORY), "-e", json.dumps({
+        "release_dir": str(release_dir), "release_registry": registry_b, "release_registry_tls_verify": False,
+        "release_bundle_root": str(site_bundles),
+    }))  # fmt: skip
+    assert imported["returncode"] == 0
+    assert bundle_files_of(site_bundles / MODEL / "1.0.0") == bundle_files_of(model_bundles / MODEL / "1.0.0")
+    assert held(registry_b, "1.0.0") is not None
+    again = run_playbook("import_release.yml", "-i", str(LAB_INVENTORY), "-e", json.dumps({
+        "release_dir": str(release_dir), "release_registry": registry_b, "release_registry_tls_verify": False,
+        "release_bundle_root": str(site_bundles),
+    }))  # fmt: skip
+    assert again["stats"]["localhost"]["changed"] == 0  # idempotent
+    # The site's inventory: site_b's hosts take the server image from their own registry too.
+    site_overlay = tmp_path / "site-b.yml"
+    site_overlay.write_text(json.dumps({"all": {"children": {"site_b": {"vars": {
+        "edgeml_registry": f"{SITE_B_CONTAINER}:5000", "edgeml_registry_from_controller": registry_b,
+    }}}}}))  # fmt: skip
+    uploads = _uploads(SITE_B_CONTAINER)
+    assert uploads > 0  # the import's
+    # site_b's hosts served 1.0.0 before: without their copy, they must get it from the registry.
+    on_hosts("-m", "ansible.builtin.file", "-a", f"path=/var/lib/edgeml/bundles/{MODEL}/1.0.0 state=absent",
+             pattern="site_b")  # fmt: skip
+    site_b_hosts = sorted(host for host, site in site_registries["sites"].items() if site == "site_b")
+    with load(rolling_out="1.0.0") as traffic:
+        report = deploy_through_registries(
+            "1.0.0", site_registries["overlay"], "-i", str(site_overlay),
+            model_deployment_bundle_src=str(site_bundles), rollout_hosts="site_b", **ALL_AT_ONCE,
+        )  # fmt: skip
+    assert report["returncode"] == 0, outcomes(latest_report())
+    assert outcomes(latest_report()) == dict.fromkeys(site_b_hosts, "deployed")
+    versions = serving_versions(fleet)
+    assert {host: versions[host] for host in site_b_hosts} == dict.fromkeys(site_b_hosts, "1.0.0")
+    assert {v for host, v in versions.items() if host not in site_b_hosts} == {"3.0.0"}
+    assert _uploads(SITE_B_CONTAINER) == uploads  # the deployment pushed nothing
+    # The bundle came from the site's registry by digest, and the model server runs the
+    # server image pinned by its digest there. (Whether a host pulls that image depends on
+    # whether it holds it under that name already: on a lab where this test ran before, it does.)
+    server = json.loads((release_dir / "release.json").read_text())["server_image"]
+    server_digest = held(registry_b, server["tag"], server["repository"])[0]
+    server_ref = f"{SITE_B_CONTAINER}:5000/{server['repository']}@{server_digest}"
+    bundle_digest = held(registry_b, "1.0.0")[0]
+    for host in site_b_hosts:
+        assert address_on_lab_network(host) in pulled_by(SITE_B_CONTAINER, bundle_digest), host
+        running = podman("exec", f"edgeml-lab-{host}", "podman", "ps", "--filter", f"name=edgeml-{MODEL}",
+                         "--format", "{{.Image}}").split()  # fmt: skip
+        assert running == [server_ref], (host, running)
     assert_every_answer_right(traffic)

@@ -77,10 +77,10 @@ def test_tarball_ships_the_lab_as_test_support_only(installed):
     playbooks = sorted(name.removeprefix("playbooks/") for name in listing
                        if name.startswith("playbooks/") and name.endswith(".yml"))
     assert playbooks == ["_rollout_report.yml", "_rollout_ring.yml", "_rollout_stage.yml", "aap_configure.yml",
-                         "build_server_image.yml", "bundle_model.yml", "deploy_model.yml",
-                         "fleet_status.yml", "fleet_survey.yml", "monitoring.yml", "os_update.yml",
-                         "pause_rollouts.yml", "provision.yml", "rollback.yml", "tasks/check_limit.yml",
-                         "trust_signers.yml", "vars/job_arguments.yml"]
+                         "build_server_image.yml", "bundle_model.yml", "deploy_model.yml", "export_release.yml",
+                         "fleet_status.yml", "fleet_survey.yml", "import_release.yml", "monitoring.yml",
+                         "os_update.yml", "pause_rollouts.yml", "provision.yml", "rollback.yml",
+                         "tasks/check_limit.yml", "trust_signers.yml", "vars/job_arguments.yml"]
     # Automation Platform: the definitions and the project template ship (docs/aap.md).
     assert "extensions/aap/controller_config.yml" in listing
     # Event-Driven Ansible: the rulebooks for ansible-rulebook and for an EDA controller.

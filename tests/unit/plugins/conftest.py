@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_registry import PodmanClient
+from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
 from ansible_collections.edgeml.fleet.plugins.modules import model_bundle
 from ansible_collections.edgeml.fleet.tests.unit.plugins import bundle_models as models
 from ansible_collections.edgeml.fleet.tests.unit.plugins.bundle_models import write_key
@@ -27,3 +31,28 @@ def digits_bundle(tmp_path, capsys) -> Path:
     result = models.run_module(model_bundle.main, dict(args, sample_inputs=inputs, expected_outputs=expected), capsys)
     assert not result.get("failed"), result
     return Path(result["bundle_path"])
+
+
+class Podman(PodmanClient):
+    """The real podman, through the modules' client, outside a module run."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    def run(self, *args: str, check: bool = True) -> tuple[int, str, str]:
+        done = subprocess.run(["podman", *args], capture_output=True, text=True, check=False)
+        if check and done.returncode != 0:
+            raise EdgeMLError(f"podman {' '.join(args)}: {done.stderr}", "")
+        return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture
+def podman():
+    """(the real podman's client, a list of images to remove afterwards)."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: run `make setup`")
+    client = Podman()
+    images: list[str] = []
+    yield client, images
+    for image in images:
+        client.run("rmi", "--force", image, check=False)

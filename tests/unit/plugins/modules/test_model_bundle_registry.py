@@ -2,12 +2,10 @@
 # Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
 """model_bundle_push and model_bundle_pull without a registry: their arguments, and the
 bundle image built and unpacked with the real podman of this machine. Pushing to and
-pulling from a real registry, on real lab hosts: tests/integration/test_bundle_registry.py
-and tests/e2e/test_bundle_delivery.py."""
+pulling from real registries, on real lab hosts: tests/e2e/test_bundle_delivery.py."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
@@ -25,32 +23,6 @@ DIGEST = "sha256:" + "0" * 64
 @pytest.fixture
 def bundle(digits_bundle) -> Path:
     return digits_bundle
-
-
-class Podman(registry.PodmanClient):
-    """The real podman, through the module's client, outside a module run."""
-
-    def __init__(self) -> None:
-        super().__init__(None)
-
-    def run(self, *args: str, check: bool = True) -> tuple[int, str, str]:
-        import subprocess  # noqa: PLC0415
-
-        done = subprocess.run(["podman", *args], capture_output=True, text=True, check=False)
-        if check and done.returncode != 0:
-            raise EdgeMLError(f"podman {' '.join(args)}: {done.stderr}", "")
-        return done.returncode, done.stdout, done.stderr
-
-
-@pytest.fixture
-def podman():
-    if shutil.which("podman") is None:
-        pytest.fail("podman is not installed: run `make setup`")
-    client = Podman()
-    tags: list[str] = []
-    yield client, tags
-    for tag in tags:
-        client.run("rmi", "--force", tag, check=False)
 
 
 def test_differences_name_changed_added_and_missing_files():
@@ -71,7 +43,7 @@ def test_the_same_bundle_always_makes_the_same_image_and_it_unpacks_to_the_verif
     assert registry.build_bundle_image(client, str(bundle), files, tag) == first
     unpacked = tmp_path / "unpacked"
     unpacked.mkdir()
-    registry._unpack(client, tag, str(unpacked))
+    registry.unpack_bundle_image(client, tag, str(unpacked))
     assert bundle_files(str(unpacked), {}) == files
     # Another content makes another image: a tag holding it is told apart by the ID.
     (bundle / "model.json").write_text((bundle / "model.json").read_text() + " ")
