@@ -38,7 +38,7 @@ def bundle_copy_plan(on_host: list, host_dir: str, verified: Mapping) -> dict:
         raise AnsibleFilterError("bundle_copy_plan expects find's files (a list) and the verified files (a dict)")
     paths = [name.split("/") for name in verified]
     wanted_dirs = {"/".join(parts[:end]) for parts in paths for end in range(1, len(parts))}
-    beyond, kept = [], []
+    beyond, kept = [], {}
     for entry in sorted(on_host, key=lambda found: found["path"]):
         relative = _relative(entry, host_dir)
         if entry.get("isdir"):
@@ -48,12 +48,12 @@ def bundle_copy_plan(on_host: list, host_dir: str, verified: Mapping) -> dict:
         if not wanted:
             beyond.append(relative)
         else:
-            kept.append(entry)
+            kept[relative] = entry
     outermost = [name for name in beyond if not any(name.startswith(f"{outer}/") for outer in beyond)]
-    held = {_relative(entry, host_dir): entry.get("checksum") for entry in kept if not entry.get("isdir")}
+    held = {relative: entry.get("checksum") for relative, entry in kept.items() if not entry.get("isdir")}
     return {
         "remove": [os.path.join(host_dir, name) for name in outermost],
-        "copy_needed": held != dict(verified) or not all(_as_copied(entry) for entry in kept),
+        "copy_needed": held != dict(verified) or not all(_as_copied(entry) for entry in kept.values()),
     }
 
 

@@ -129,7 +129,18 @@ def build_bundle_image(podman: PodmanClient, path: str, files: dict[str, str], t
         with open(containerfile, "w", encoding="utf-8") as handle:
             handle.write(CONTAINERFILE)
         podman.run("build", "--quiet", "--timestamp", "0", "--format", "oci", "-t", tag, "-f", containerfile, context)
-    image = podman.run("image", "inspect", "--format", "{{.Id}}", tag)[1].strip()
+    image = local_image_id(podman, tag)
+    if image is None:
+        raise EdgeMLError(f"podman built {tag} but cannot find it.", "Check podman's storage on this host.")
+    return image
+
+
+def local_image_id(podman: PodmanClient, reference: str) -> str | None:
+    """The ID (sha256:...) of the image REFERENCE in this host's podman storage, or None."""
+    rc, out, _err = podman.run("image", "inspect", "--format", "{{.Id}}", reference, check=False)
+    if rc != 0:
+        return None
+    image = out.strip()
     return image if image.startswith("sha256:") else f"sha256:{image}"
 
 

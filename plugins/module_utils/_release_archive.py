@@ -32,6 +32,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_registry impo
     PodmanClient,
     RegistryClient,
     build_bundle_image,
+    local_image_id,
     require_same_image,
     set_modes,
     unpack_bundle_image,
@@ -68,14 +69,6 @@ def split_image_reference(reference: str) -> tuple[str, str]:
     if rest and ("." in first or ":" in first or first == "localhost"):
         name = rest  # a registry host, not part of the repository
     return name, tag
-
-
-def _image_id(podman: PodmanClient, reference: str) -> str | None:
-    rc, out, _err = podman.run("image", "inspect", "--format", "{{.Id}}", reference, check=False)
-    if rc != 0:
-        return None
-    image = out.strip()
-    return image if image.startswith("sha256:") else f"sha256:{image}"
 
 
 def read_release(src: str) -> dict[str, t.Any]:
@@ -128,7 +121,7 @@ def export_release(
     validate_name(name)
     validate_version(version)
     server_repository, server_tag = split_image_reference(server_image)
-    server_id = _image_id(podman, server_image)
+    server_id = local_image_id(podman, server_image)
     if server_id is None:
         raise EdgeMLError(
             f"The server image {server_image} is not in this host's podman storage.",
@@ -297,10 +290,10 @@ def _load_images(podman: PodmanClient, src: str, release: dict[str, t.Any]) -> l
     loaded = []
     for part in ARCHIVES:
         entry = release[part]
-        if _image_id(podman, entry["image_id"]) is None:
+        if local_image_id(podman, entry["image_id"]) is None:
             podman.run("load", "--quiet", "-i", os.path.join(src, entry["archive"]))
             loaded.append(entry["image_id"])
-        if _image_id(podman, entry["image_id"]) is None:
+        if local_image_id(podman, entry["image_id"]) is None:
             raise EdgeMLError(
                 f"{entry['archive']} does not hold the image {entry['image_id']} that {RELEASE_MANIFEST} names. "
                 "Nothing was pushed.",
