@@ -4,9 +4,18 @@
 site registry by the controller and pulled by digest by each host (the way KServe's
 "modelcars" ship models), then unpacked into the bundle directory the server reads.
 
-Client: podman (build, push, pull, create, cp, rm, rmi) through ``run_command``, and the
-registry's HTTP API (a tag's manifest and its digest). Service: ``push_bundle`` on the
-controller, ``pull_bundle`` on a host, each idempotent and honest in check mode.
+Client: podman (build, push, create, cp, rm, rmi) through ``run_command`` on the controller,
+and the registry's HTTP API (distribution spec: a manifest and its digest, a layer's blob).
+Service: ``push_bundle`` on the controller, ``pull_bundle`` on a host, each idempotent and
+honest in check mode.
+
+A host fetches the bundle's one layer straight from its registry and unpacks it as it streams
+in, hashing the blob and every file on the way: one read and one write of the bundle, where
+``podman pull`` + ``create`` + ``cp`` wrote it three times and decompressed it in podman's
+storage first (bench/delivery_bench.py). The manifest is fetched by the pinned digest and
+checked against it, the blob against the manifest's digest, every file against the sha256 the
+controller verified: nothing a tag says is trusted, and nothing moves into place before all
+three hold.
 
 The image is built from a fixed Containerfile (``FROM scratch``, the bundle's files under
 ``/bundle``) with ``--timestamp 0``: the same bundle always makes the same image, so its ID
@@ -18,11 +27,15 @@ the sha256 the controller verified (``model_bundle_verify``'s ``files``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import tarfile
 import tempfile
 import typing as t
+from urllib.parse import urlencode
 
 from ansible.module_utils.urls import open_url
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import file_differences
@@ -38,6 +51,21 @@ MANIFEST_TYPES = ", ".join(
     )
 )
 FILE_MODE, DIR_MODE = 0o644, 0o755
+# The layer types a bundle image's layer comes in, and how tarfile streams each.
+LAYER_STREAM_MODES = {
+    "application/vnd.oci.image.layer.v1.tar": "r|",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "r|gz",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "r|gz",
+}
+CHUNK = 1024 * 1024
+# Where podman and skopeo look for registry credentials (containers-auth.json(5)), in order.
+AUTH_FILES = (
+    "${REGISTRY_AUTH_FILE}",
+    "${XDG_RUNTIME_DIR}/containers/auth.json",
+    "/run/containers/{uid}/auth.json",
+    "~/.config/containers/auth.json",
+    "~/.docker/config.json",
+)
 
 
 # --- client ---------------------------------------------------------------------------------
@@ -63,27 +91,77 @@ class PodmanClient:
 
 
 class RegistryClient:
-    """The registry's HTTP API (distribution spec): what a tag points at."""
+    """The registry's HTTP API (distribution spec): manifests and blobs, anonymous or with the
+    credentials podman keeps (``podman login``), Basic or by token as the registry asks."""
 
     def __init__(self, tls_verify: bool, timeout: float = 30) -> None:
         self.tls_verify = tls_verify
         self.timeout = timeout
+        self.authorization: dict[str, str] = {}  # registry -> Authorization header
 
-    def manifest(self, registry: str, repository: str, reference: str) -> tuple[str, dict[str, t.Any]] | None:
-        """(digest, manifest) of REFERENCE (a tag or a digest), or None when it is not there."""
-        scheme = "https" if self.tls_verify else "http"
-        url = f"{scheme}://{registry}/v2/{repository}/manifests/{reference}"
+    def get(self, registry: str, path: str, headers: dict[str, str] | None = None) -> t.Any:
+        """GET https://REGISTRY/v2/PATH (http when tls_verify is false): the open response.
+        A 401 is answered once with what its challenge asks for."""
         try:
+            return self.open(registry, path, headers)
+        except Exception as error:  # urllib raises HTTPError, URLError, OSError, ssl errors
+            if getattr(error, "code", None) != 401:
+                raise
+            challenge = error.headers.get("WWW-Authenticate", "") if getattr(error, "headers", None) else ""
+        self.authorization[registry] = self.authorize(registry, challenge, path)
+        return self.open(registry, path, headers)
+
+    def open(self, registry: str, path: str, headers: dict[str, str] | None) -> t.Any:
+        sent = dict(headers or {})
+        if registry in self.authorization:
+            sent["Authorization"] = self.authorization[registry]
+        return open_url(
+            f"{'https' if self.tls_verify else 'http'}://{registry}/v2/{path}",
+            method="GET",
+            headers=sent,
+            validate_certs=self.tls_verify,
+            ca_path=registry_ca(registry) if self.tls_verify else None,
+            timeout=self.timeout,
+            decompress=False,
+            use_netrc=False,
+        )
+
+    def authorize(self, registry: str, challenge: str, path: str) -> str:
+        """The Authorization header the registry's 401 CHALLENGE asks for."""
+        credentials = registry_credentials(registry)
+        scheme, _sep, rest = challenge.partition(" ")
+        if scheme.lower() == "basic" and credentials:
+            return f"Basic {credentials}"
+        if scheme.lower() == "bearer":
+            params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+            repository = path.split("/manifests/", maxsplit=1)[0].split("/blobs/", maxsplit=1)[0]
+            scope = params.get("scope") or f"repository:{repository}:pull"
+            query = {"service": params.get("service", ""), "scope": scope}
+            headers = {"Authorization": f"Basic {credentials}"} if credentials else {}
             answer = open_url(
-                url,
-                method="GET",
-                headers={"Accept": MANIFEST_TYPES},
+                f"{params.get('realm', '')}?{urlencode(query)}",
+                headers=headers,
                 validate_certs=self.tls_verify,
                 timeout=self.timeout,
+                use_netrc=False,
             )
+            token = json.loads(answer.read())
+            return f"Bearer {token.get('token') or token.get('access_token')}"
+        raise EdgeMLError(
+            f"The registry {registry} asks for credentials this host does not have.",
+            f"Log the host in to it (podman login {registry}), or let the site's registry serve bundles anonymously.",
+        )
+
+    def manifest(self, registry: str, repository: str, reference: str) -> tuple[str, dict[str, t.Any]] | None:
+        """(digest, manifest) of REFERENCE (a tag or a digest), or None when it is not there.
+        A manifest asked for by digest must hash to it."""
+        try:
+            answer = self.get(registry, f"{repository}/manifests/{reference}", {"Accept": MANIFEST_TYPES})
             body = answer.read()
             digest = answer.headers.get("Docker-Content-Digest", "")
-        except Exception as error:  # urllib raises HTTPError, URLError, OSError, ssl errors
+        except EdgeMLError:
+            raise
+        except Exception as error:
             if getattr(error, "code", None) == 404:
                 return None
             raise EdgeMLError(
@@ -91,6 +169,14 @@ class RegistryClient:
                 "Check model_deployment_bundle_registry_from_controller (host:port) and "
                 "model_deployment_registry_tls_verify.",
             ) from None
+        if reference.startswith("sha256:"):
+            if "sha256:" + hashlib.sha256(body).hexdigest() != reference:
+                raise EdgeMLError(
+                    f"The registry {registry} answered for {repository}@{reference} with a manifest of another digest. "
+                    "Nothing on this host was changed.",
+                    "The registry serves corrupted or forged content: check its storage, then run the rollout again.",
+                )
+            digest = reference
         try:
             return digest, json.loads(body)
         except ValueError:
@@ -98,6 +184,61 @@ class RegistryClient:
                 f"The registry {registry} answered for {repository}:{reference} with something that is not a manifest.",
                 "Check that the address is a container registry.",
             ) from None
+
+    def blob(self, registry: str, repository: str, digest: str) -> t.Any:
+        """The open response streaming the blob DIGEST (not checked here: see HashingReader)."""
+        try:
+            return self.get(registry, f"{repository}/blobs/{digest}")
+        except EdgeMLError:
+            raise
+        except Exception as error:
+            raise EdgeMLError(
+                f"The registry {registry} did not serve the blob {digest} of {repository}: {error}.",
+                "Check that the registry holds the bundle image (model_bundle_push) and is reachable from this host.",
+            ) from None
+
+
+def registry_ca(registry: str) -> str | None:
+    """The CA certificate podman trusts for REGISTRY (/etc/containers/certs.d), if any."""
+    path = os.path.join("/etc/containers/certs.d", registry, "ca.crt")
+    return path if os.path.isfile(path) else None
+
+
+def registry_credentials(registry: str) -> str | None:
+    """base64(user:password) for REGISTRY from the first auth file podman would read, or None."""
+    for pattern in AUTH_FILES:
+        path = os.path.expanduser(os.path.expandvars(pattern.replace("{uid}", str(os.getuid()))))
+        if "$" in path or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                auths = json.load(handle).get("auths", {})
+        except (OSError, ValueError):
+            continue
+        for name, entry in auths.items():
+            if name.split("://")[-1].split("/")[0] == registry and entry.get("auth"):
+                return entry["auth"]
+        return None  # podman reads the first file it finds only
+    return None
+
+
+class HashingReader:
+    """A file-like view of a stream that hashes every byte read through it."""
+
+    def __init__(self, raw: t.Any) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.sha256.update(data)
+        return data
+
+    def digest(self) -> str:
+        """sha256:... of the whole stream (what is left of it is read first)."""
+        while self.read(CHUNK):
+            pass
+        return "sha256:" + self.sha256.hexdigest()
 
 
 # --- service --------------------------------------------------------------------------------
@@ -212,6 +353,7 @@ def require_same_image(registry: str, reference: str, found: tuple[str, dict[str
 
 
 def unpack_bundle_image(podman: PodmanClient, ref: str, into: str) -> None:
+    """Copy the bundle out of the local image REF into INTO (the release import's check)."""
     container = podman.run("create", ref, BUNDLE_DIR_IN_IMAGE)[1].strip()
     try:
         podman.run("cp", f"{container}:{BUNDLE_DIR_IN_IMAGE}/.", into)
@@ -219,26 +361,112 @@ def unpack_bundle_image(podman: PodmanClient, ref: str, into: str) -> None:
         podman.run("rm", "--force", container, check=False)
 
 
+def split_pinned_ref(ref: str) -> tuple[str, str, str]:
+    """REGISTRY/REPOSITORY@sha256:DIGEST -> (registry, repository, digest)."""
+    name, _sep, digest = ref.partition("@")
+    registry, _sep, repository = name.partition("/")
+    if not (re.fullmatch(r"sha256:[0-9a-f]{64}", digest) and registry and repository):
+        raise EdgeMLError(
+            f"ref {ref!r} is not REGISTRY/REPOSITORY@sha256:DIGEST.",
+            "Give the registry as the host reaches it (host:port), the repository, and the digest "
+            "model_bundle_push returned for that registry: a tag can be moved to other content.",
+        )
+    return registry, repository, digest
+
+
+def bundle_layer(manifest: dict[str, t.Any], ref: str) -> tuple[str, str]:
+    """(digest, tarfile stream mode) of the bundle image's one layer."""
+    layers = manifest.get("layers") or []
+    if len(layers) != 1 or layers[0].get("mediaType") not in LAYER_STREAM_MODES:
+        kinds = ", ".join(str(layer.get("mediaType")) for layer in layers) or "no layer"
+        raise EdgeMLError(
+            f"{ref} is not a bundle image: a bundle image has one tar or tar+gzip layer, this one has {kinds}. "
+            "Nothing on this host was changed.",
+            "Push bundles with model_bundle_push (deploy_model.yml does), which builds that image.",
+        )
+    return layers[0]["digest"], LAYER_STREAM_MODES[layers[0]["mediaType"]]
+
+
+def stream_bundle_layer(reader: HashingReader, mode: str, into: str) -> dict[str, str]:
+    """Unpack the bundle's files (under bundle/ in the layer) into INTO as the layer streams in;
+    return every file's sha256. Anything but directories and regular files under bundle/ (a
+    link, a device, a path leaving the bundle, a file twice) is refused."""
+    prefix = BUNDLE_DIR_IN_IMAGE.strip("/") + "/"
+    found: dict[str, str] = {}
+    with tarfile.open(fileobj=reader, mode=mode) as layer:
+        for member in layer:
+            name = member.name[2:] if member.name.startswith("./") else member.name
+            name = name.rstrip("/")
+            if name in ("", ".", prefix.rstrip("/")) and member.isdir():
+                continue
+            relative = name[len(prefix):] if name.startswith(prefix) else ""
+            parts = relative.split("/")
+            leaves = not relative or any(part in ("", ".", "..") for part in parts)
+            if leaves or not (member.isdir() or member.isfile()):
+                raise EdgeMLError(
+                    f"The bundle image holds {member.name!r}, which is not a bundle file or directory. "
+                    "Nothing on this host was changed.",
+                    "Push bundles with model_bundle_push (deploy_model.yml does), and check who else pushes to "
+                    "that repository.",
+                )
+            target = os.path.join(into, *parts)
+            if member.isdir():
+                os.makedirs(target, mode=DIR_MODE, exist_ok=True)
+                continue
+            os.makedirs(os.path.dirname(target), mode=DIR_MODE, exist_ok=True)
+            digest = hashlib.sha256()
+            source = layer.extractfile(member)
+            with open(target, "xb") as handle:  # x: the same file twice is refused
+                chunk = source.read(CHUNK)
+                while chunk:
+                    digest.update(chunk)
+                    handle.write(chunk)
+                    chunk = source.read(CHUNK)
+            found[relative] = digest.hexdigest()
+    return dict(sorted(found.items()))
+
+
 def pull_bundle(
-    podman: PodmanClient, *, ref: str, dest: str, files: dict[str, str], tls_verify: bool, check_mode: bool
+    registry_client: RegistryClient, *, ref: str, dest: str, files: dict[str, str], check_mode: bool
 ) -> dict[str, t.Any]:
     """Make DEST hold exactly FILES (path -> sha256), unpacked from the bundle image REF
-    (pinned by digest); nothing is pulled when it already does."""
+    (pinned by digest) as its layer streams in from the registry; nothing is fetched when DEST
+    already holds them."""
+    registry, repository, digest = split_pinned_ref(ref)
     held = bundle_files(dest, {}) if os.path.isdir(dest) else {}
     if held == files:
         return {"changed": False, "ref": ref, "dest": dest}
     if check_mode:
         return {"changed": True, "ref": ref, "dest": dest, "changes": file_differences(files, held)}
+    found = registry_client.manifest(registry, repository, digest)
+    if found is None:
+        raise EdgeMLError(
+            f"The registry {registry} does not hold {repository}@{digest}. Nothing on this host was changed.",
+            "The bundle was pushed to another registry than this host pulls from: check edgeml_bundle_registry "
+            "and edgeml_bundle_registry_from_controller for this host's site.",
+        )
+    layer_digest, mode = bundle_layer(found[1], ref)
     parent = os.path.dirname(dest.rstrip("/"))
     os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
-    podman.run("pull", "--quiet", f"--tls-verify={'true' if tls_verify else 'false'}", ref)
     unpacked = tempfile.mkdtemp(prefix=".pull-", dir=parent)
     try:
+        reader = HashingReader(registry_client.blob(registry, repository, layer_digest))
         try:
-            unpack_bundle_image(podman, ref, unpacked)
-        finally:
-            podman.run("rmi", ref, check=False)  # the unpacked copy is the one kept
-        changed = file_differences(files, bundle_files(unpacked, {}))
+            unpacked_files = stream_bundle_layer(reader, mode, unpacked)
+        except (tarfile.TarError, EOFError, OSError) as error:
+            raise EdgeMLError(
+                f"The bundle layer {layer_digest} from {registry} could not be unpacked: {error}. "
+                "Nothing on this host was changed.",
+                "Check the registry's storage and the host's free space, then run the rollout again.",
+            ) from None
+        streamed = reader.digest()
+        if streamed != layer_digest:
+            raise EdgeMLError(
+                f"The registry {registry} served other content for the layer {layer_digest} of {ref}: it hashes to "
+                f"{streamed}. Nothing on this host was changed.",
+                "The registry serves corrupted or forged content: check its storage, then run the rollout again.",
+            )
+        changed = file_differences(files, unpacked_files)
         if changed:
             raise EdgeMLError(
                 f"The bundle image {ref} does not hold the verified bundle: {', '.join(changed)}. "
@@ -296,10 +524,9 @@ def run_model_bundle_pull(wrapper: EdgeMLModule) -> dict[str, t.Any]:
             "Pass model_bundle_verify's files.",
         )
     return pull_bundle(
-        PodmanClient(wrapper.module),
+        RegistryClient(params["tls_verify"]),
         ref=ref,
         dest=params["dest"],
         files=params["files"],
-        tls_verify=params["tls_verify"],
         check_mode=wrapper.check_mode,
     )

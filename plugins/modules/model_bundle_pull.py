@@ -13,15 +13,20 @@ description:
   - Makes the bundle directory O(dest) hold exactly O(files), unpacked from the bundle image
     O(ref) that M(edgeml.fleet.model_bundle_push) put in the host's registry. O(ref) must be
     pinned by digest (a tag can be moved to other content).
-  - Nothing is pulled when O(dest) already holds exactly those files. Otherwise the image is
-    pulled, unpacked into a new directory beside O(dest), every file compared with its
-    SHA-256 in O(files), and only then moved into place (files C(0644), directories C(0755));
-    the image is removed again (the unpacked copy is the one kept).
-  - A mismatch fails with the files that differ, and leaves O(dest) as it was.
+  - Nothing is fetched when O(dest) already holds exactly those files. Otherwise the image's
+    manifest is fetched by its digest and checked against it, and its one layer is streamed
+    from the registry (the registry's HTTP API, no container storage involved) and unpacked
+    into a new directory beside O(dest) as it arrives, hashing the layer and every file on the
+    way. Only when the layer matches the manifest's digest and every file its SHA-256 in
+    O(files) is the directory moved into place (files C(0644), directories C(0755)).
+  - A mismatch fails with what differs, and leaves O(dest) as it was.
+  - Credentials, when the registry asks for them, are those C(podman login) stored for it
+    (C(containers-auth.json), Basic or token authentication); a CA certificate for it is read
+    from C(/etc/containers/certs.d/REGISTRY/ca.crt), as podman does.
 author:
   - edgeml.fleet maintainers (@edgeml)
 requirements:
-  - podman >= 4.3 on the host
+  - nothing on the host beyond Python (the bundle is fetched over HTTP(S))
 extends_documentation_fragment:
   - edgeml.fleet.attributes
 attributes:

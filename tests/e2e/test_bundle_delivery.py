@@ -42,6 +42,7 @@ def site_registries(lab_vars, tmp_path_factory) -> dict:
             pass
         assert time.monotonic() < deadline, podman("logs", "--tail", "20", SITE_B_CONTAINER)
         time.sleep(0.5)
+    forget_bundles("127.0.0.1:5000")
     overlay = tmp_path_factory.mktemp("site-registries") / "site-registries.yml"
     registries = {
         "site_a": ("edgeml-lab-registry:5000", "127.0.0.1:5000"),
@@ -60,6 +61,17 @@ def site_registries(lab_vars, tmp_path_factory) -> dict:
         "sites": sites,
     }
     subprocess.run(["podman", "rm", "--force", "--ignore", SITE_B_CONTAINER], check=True, capture_output=True)
+
+
+def forget_bundles(registry: str) -> None:
+    """Delete every tag of the bundle repository in REGISTRY: bundles pushed from an earlier
+    `make models` (a new signature makes a new image) would be refused as a moved tag."""
+    tags = requests.get(f"http://{registry}/v2/{REPOSITORY}/tags/list", timeout=10)
+    for tag in (tags.json().get("tags") or []) if tags.status_code == 200 else []:
+        found = held(registry, tag)
+        if found is not None:
+            gone = requests.delete(f"http://{registry}/v2/{REPOSITORY}/manifests/{found[0]}", timeout=10)
+            assert gone.status_code in (202, 404), (tag, gone.status_code, gone.text)
 
 
 def deploy_through_registries(version: str, overlay, *inventories: str, **extra) -> dict:

@@ -1,11 +1,20 @@
 # Copyright: edgeml.fleet contributors
 # Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
-"""model_bundle_push and model_bundle_pull without a registry: their arguments, and the
-bundle image built and unpacked with the real podman of this machine. Pushing to and
-pulling from real registries, on real lab hosts: tests/e2e/test_bundle_delivery.py."""
+"""model_bundle_push and model_bundle_pull: their arguments, the bundle image built and
+unpacked with the real podman of this machine, and pulls over real HTTP from a server on
+127.0.0.1 that serves a real bundle image's manifest and blobs (what a pull reads of a
+registry). Pushing to and pulling from real registries, on real lab hosts:
+tests/e2e/test_bundle_delivery.py."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import tarfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -109,3 +118,216 @@ def test_pull_in_check_mode_says_what_differs_and_changes_nothing(bundle, capsys
     result = models.run_module(model_bundle_pull.main, args, capsys)
     assert result["changed"] is True and result["changes"] == ["model.onnx changed"]
     assert bundle_files(str(bundle), {}) == before
+
+
+# --- pulling over the registry's HTTP API -------------------------------------------------------
+# The registry here is a real HTTP server on 127.0.0.1 serving the manifest and blobs of a real
+# bundle image, as `podman save --format oci-dir` writes them (the distribution API's two GETs a
+# pull makes). A real registry (the lab's, podman pushing to it): tests/e2e/test_bundle_delivery.py.
+
+
+class OCIRegistry:
+    """GET /v2/REPOSITORY/manifests/DIGEST and /v2/REPOSITORY/blobs/DIGEST from BLOBS (digest ->
+    bytes); TOKEN, when set, must come as a Bearer token got from /token."""
+
+    def __init__(self, blobs: dict[str, bytes], token: str | None = None) -> None:
+        self.blobs = blobs
+        self.token = token
+        self.requests: list[str] = []
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                registry.requests.append(self.path)
+                if self.path.startswith("/token"):
+                    return self.answer(200, json.dumps({"token": registry.token}).encode())
+                if registry.token and self.headers.get("Authorization") != f"Bearer {registry.token}":
+                    realm = f"http://{registry.address}/token"
+                    return self.answer(401, b"{}", {"WWW-Authenticate": f'Bearer realm="{realm}",service="unit"'})
+                digest = self.path.rsplit("/", 1)[-1]
+                if digest not in registry.blobs:
+                    return self.answer(404, b"{}")
+                return self.answer(200, registry.blobs[digest], {"Docker-Content-Digest": digest})
+
+            def answer(self, status, body, headers=None):
+                self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def saved_image(client, tag: str, into: Path) -> tuple[str, dict[str, bytes]]:
+    """(manifest digest, digest -> bytes) of TAG saved as an OCI directory (its layer a tar)."""
+    client.run("save", "--format", "oci-dir", "-o", str(into), tag)
+    index = json.loads((into / "index.json").read_text())
+    blobs = {f"sha256:{path.name}": path.read_bytes() for path in (into / "blobs" / "sha256").iterdir()}
+    return index["manifests"][0]["digest"], blobs
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer_of(blobs: dict[str, bytes], manifest_digest: str) -> dict:
+    return json.loads(blobs[manifest_digest])["layers"][0]
+
+
+def tar_layer(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for info, data in entries:
+            info.size = len(data or b"")
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+TAR_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def with_layer(
+    blobs: dict[str, bytes], manifest_digest: str, layer: bytes, media_type: str = TAR_LAYER
+) -> tuple[str, dict[str, bytes]]:
+    """The image with its layer replaced by LAYER, under a new manifest digest."""
+    manifest = json.loads(blobs[manifest_digest])
+    replaced = {"mediaType": media_type, "digest": sha256_of(layer), "size": len(layer)}
+    manifest["layers"] = [{**manifest["layers"][0], **replaced}]
+    body = json.dumps(manifest).encode()
+    return sha256_of(body), {**blobs, sha256_of(layer): layer, sha256_of(body): body}
+
+
+@pytest.fixture
+def bundle_image(bundle, podman, tmp_path):
+    """(files, the bundle image saved: compress -> (manifest digest, blobs))."""
+    client, tags = podman
+    files = bundle_files(str(bundle), {})
+    tag = f"localhost/edgeml-test-bundles/digits-{uuid.uuid4().hex[:8]}:1.0.0"
+    tags.append(tag)
+    registry.build_bundle_image(client, str(bundle), files, tag)
+    digest, blobs = saved_image(client, tag, tmp_path / "oci")
+    # podman saves (and pushes) the layer gzip-compressed; a registry may hold it as a plain tar.
+    assert layer_of(blobs, digest)["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    plain = with_layer(blobs, digest, gzip.decompress(blobs[layer_of(blobs, digest)["digest"]]))
+    return files, {True: (digest, blobs), False: plain}
+
+
+def pull(capsys, served: OCIRegistry, digest: str, dest: Path, files: dict, **extra) -> dict:
+    ref = f"{served.address}/edgeml-bundles/digits@{digest}"
+    args = dict(ref=ref, dest=str(dest), files=files, tls_verify=False, **extra)
+    return models.run_module(model_bundle_pull.main, args, capsys)
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["tar+gzip", "tar"])
+def test_pull_streams_the_layer_into_place_and_then_has_nothing_to_do(bundle_image, tmp_path, capsys, compress):
+    files, saved = bundle_image
+    digest, blobs = saved[compress]
+    assert layer_of(blobs, digest)["mediaType"].endswith("+gzip") is compress
+    served = OCIRegistry(blobs)
+    dest = tmp_path / "host" / "digits" / "1.0.0"
+    result = pull(capsys, served, digest, dest, files)
+    assert not result.get("failed") and result["changed"] is True, result
+    assert bundle_files(str(dest), {}) == files
+    assert {oct(path.stat().st_mode & 0o777) for path in dest.rglob("*") if path.is_file()} == {"0o644"}
+    assert not [path for path in dest.parent.iterdir() if path.name.startswith(".")], "a staging directory was left"
+    fetched = len(served.requests)
+    again = pull(capsys, served, digest, dest, files)
+    assert again["changed"] is False and len(served.requests) == fetched, "a second run fetched something"
+
+
+def test_pull_with_a_token_the_registry_hands_out(bundle_image, tmp_path, capsys):
+    files, saved = bundle_image
+    digest, blobs = saved[True]
+    served = OCIRegistry(blobs, token="unit-token")
+    result = pull(capsys, served, digest, tmp_path / "digits" / "1.0.0", files)
+    assert not result.get("failed") and result["changed"] is True, result
+    assert any(path.startswith("/token?") and "scope=repository%3Aedgeml-bundles%2Fdigits%3Apull" in path
+               for path in served.requests), served.requests
+
+
+def refused_and_untouched(result: dict, dest: Path, before: dict, message: str) -> None:
+    assert result.get("failed") and message in result["msg"], result
+    assert "Nothing on this host was changed" in result["msg"]
+    assert bundle_files(str(dest), {}) == before
+    assert not [path for path in dest.parent.iterdir() if path.name.startswith(".")], "a staging directory was left"
+
+
+@pytest.fixture
+def old_copy(tmp_path) -> tuple[Path, dict]:
+    """The host's copy of the bundle before the pull: another build, which must survive a refusal."""
+    dest = tmp_path / "host" / "digits" / "1.0.0"
+    dest.mkdir(parents=True)
+    (dest / "model.json").write_text("{}")
+    return dest, bundle_files(str(dest), {})
+
+
+def test_a_layer_that_is_not_what_the_manifest_names_is_refused(bundle_image, old_copy, capsys):
+    """The same files in a tar written anew: every file is right, the blob is not the pinned one."""
+    files, saved = bundle_image
+    digest, blobs = saved[False]
+    layer = layer_of(blobs, digest)
+    original = tarfile.open(fileobj=io.BytesIO(blobs[layer["digest"]]))
+    members = [(member, original.extractfile(member).read() if member.isfile() else None) for member in original]
+    for member, _data in members:
+        member.mtime += 1
+    served = OCIRegistry({**blobs, layer["digest"]: tar_layer(members)})
+    dest, before = old_copy
+    refused_and_untouched(pull(capsys, served, digest, dest, files), dest, before, "served other content for the layer")
+
+
+def test_a_manifest_that_does_not_hash_to_the_pinned_digest_is_refused(bundle_image, old_copy, capsys):
+    files, saved = bundle_image
+    digest, blobs = saved[False]
+    served = OCIRegistry({**blobs, digest: blobs[digest] + b" "})
+    dest, before = old_copy
+    refused_and_untouched(pull(capsys, served, digest, dest, files), dest, before, "a manifest of another digest")
+
+
+def test_a_bundle_file_that_differs_from_the_verified_one_is_refused(bundle_image, old_copy, capsys):
+    """A consistent image (manifest, layer and digests agree) holding another model.json."""
+    files, saved = bundle_image
+    digest, blobs = saved[False]
+    directory = tarfile.TarInfo("bundle")
+    directory.type = tarfile.DIRTYPE
+    forged = tar_layer([(directory, None), (tarfile.TarInfo("bundle/model.json"), b"{}")])
+    forged_digest, forged_blobs = with_layer(blobs, digest, forged)
+    dest, before = old_copy
+    result = pull(capsys, OCIRegistry(forged_blobs), forged_digest, dest, files)
+    refused_and_untouched(result, dest, before, "does not hold the verified bundle: model.json changed")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ("bundle/../escaped.txt", tarfile.REGTYPE, ""),
+        ("bundle/model.onnx", tarfile.SYMTYPE, "/etc/shadow"),
+        ("etc/cron.d/edgeml", tarfile.REGTYPE, ""),
+    ],
+    ids=["dot-dot", "symlink", "outside-bundle"],
+)
+def test_a_layer_entry_that_is_not_a_bundle_file_is_refused(bundle_image, old_copy, capsys, entry):
+    files, saved = bundle_image
+    digest, blobs = saved[False]
+    name, kind, target = entry
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    layer = tar_layer([(info, b"x" if kind == tarfile.REGTYPE else None)])
+    forged_digest, forged_blobs = with_layer(blobs, digest, layer)
+    dest, before = old_copy
+    result = pull(capsys, OCIRegistry(forged_blobs), forged_digest, dest, files)
+    refused_and_untouched(result, dest, before, "which is not a bundle file or directory")
+    assert not (dest.parent / "escaped.txt").exists()
+
+
+def test_a_registry_without_the_image_says_which_registry_to_check(bundle_image, old_copy, capsys):
+    files, saved = bundle_image
+    _digest, blobs = saved[False]
+    dest, before = old_copy
+    refused_and_untouched(pull(capsys, OCIRegistry(blobs), DIGEST, dest, files), dest, before, "does not hold")
