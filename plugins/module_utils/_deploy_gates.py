@@ -97,6 +97,8 @@ class GateSettings:
     live_enabled: bool = gate_default("live", "enabled")
     live_seconds: float = gate_default("live", "seconds")
     live_min_requests: int = gate_default("live", "min_requests")
+    # Why latency_p95_ms is None when the caller cleared it (a rollback), for the gate's detail.
+    latency_unjudged_reason: str | None = None
 
 
 @dataclass
@@ -181,16 +183,33 @@ def request_counts(text: str, version: str | None = None) -> dict[str, t.Any]:
     return {"requests": total, "server_errors": server_errors, "errors_by_type": by_type, "buckets": buckets}
 
 
-def _live_measured(before: dict[str, t.Any], now: dict[str, t.Any], started: float) -> dict[str, t.Any]:
-    """What the live window saw since BEFORE: requests, server errors, infer p95 (ms)."""
+def _live_measured(
+    before: dict[str, t.Any], now: dict[str, t.Any], started: float, budget_ms: float | None
+) -> dict[str, t.Any]:
+    """What the live window saw since BEFORE: requests, server errors, infer p95 (ms), and
+    how many infer requests surely took longer than BUDGET_MS."""
     deltas = {bound: count - before["buckets"].get(bound, 0.0) for bound, count in now["buckets"].items()}
     p95 = histogram_quantile(0.95, deltas)
-    return {
+    measured = {
         "requests": int(now["requests"] - before["requests"]),
         "server_errors": int(now["server_errors"] - before["server_errors"]),
         "p95_ms": None if p95 is None else round(p95 * 1000.0, 3),
         "seconds": round(time.monotonic() - started, 3),
     }
+    if budget_ms is not None:
+        measured["over_budget"] = surely_over(deltas, budget_ms / 1000.0)
+    return measured
+
+
+def surely_over(buckets: dict[float, float], seconds: float) -> int:
+    """How many observations of cumulative BUCKETS surely took longer than SECONDS: those above
+    the smallest bucket bound at or over it (a bucket straddling it counts as within)."""
+    bounds = sorted(buckets)
+    if not bounds:
+        return 0
+    at_or_over = [bound for bound in bounds if bound >= seconds]
+    within = buckets[at_or_over[0]] if at_or_over else buckets[bounds[-1]]
+    return max(0, int(buckets[bounds[-1]] - within))
 
 
 def histogram_quantile(quantile: float, buckets: dict[float, float]) -> float | None:
@@ -391,7 +410,8 @@ class Gates:
             return GateResult("latency", False, measured, threshold, detail)
         measured.update(p95_ms=round(percentile(times, 95), 3), max_ms=round(max(times), 3))
         if budget is None:
-            return GateResult("latency", True, measured, threshold, "measured only: no p95_ms budget set")
+            why = self.settings.latency_unjudged_reason or "no p95_ms budget set"
+            return GateResult("latency", True, measured, threshold, f"measured only: {why}")
         ok = measured["p95_ms"] <= budget
         detail = f"p95 {measured['p95_ms']:g} ms {'within' if ok else 'over'} the budget of {budget:g} ms"
         return GateResult("latency", ok, measured, threshold, detail)
@@ -479,7 +499,7 @@ class Gates:
             if now is None:
                 problem = "the server stopped answering after the switch"
                 break
-            measured = _live_measured(t.cast(dict, before), now, started)
+            measured = _live_measured(t.cast(dict, before), now, started, settings.latency_p95_ms)
             problem = self._live_problem(measured)
         if problem:
             return GateResult("live", False, measured, threshold, problem)
@@ -497,8 +517,21 @@ class Gates:
         if errors > settings.max_error_ratio * max(requests, settings.live_min_requests):
             return f"{errors} server errors in {requests} live requests (max ratio {settings.max_error_ratio:g})"
         budget = settings.latency_p95_ms
-        if budget is not None and p95 is not None and requests >= settings.live_min_requests and p95 > budget:
+        if budget is None:
+            return None
+        if p95 is not None and requests >= settings.live_min_requests and p95 > budget:
             return f"live p95 {p95:g} ms over the budget of {budget:g} ms ({requests} requests)"
+        # Too few answers to judge a p95 is no pass: a version too slow for its traffic answers
+        # few requests, all late. As the latency gate does, the p95 of live_min_requests is over
+        # the budget as soon as more than 5 % of them surely were (the error rule's max() too).
+        judged = max(requests, settings.live_min_requests)
+        decisive = judged - math.ceil(0.95 * judged) + 1
+        over = measured.get("over_budget", 0)
+        if over >= decisive:
+            return (
+                f"{over} of {requests} live requests took longer than the budget of {budget:g} ms: "
+                f"the p95 of {judged} cannot be within it"
+            )
         return None
 
     # --- all --------------------------------------------------------------------------

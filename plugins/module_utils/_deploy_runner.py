@@ -11,6 +11,7 @@ docs/deployment-result.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 import time
@@ -41,6 +42,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_service impor
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DIGEST_RE = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+ROLLBACK_LATENCY_REASON = "a rollback restores a version that passed its latency gate when it was deployed"
 
 
 def _number(value: t.Any, what: str, low: float, high: float, hint: str) -> float:
@@ -137,6 +139,16 @@ def _deadline(params: dict[str, t.Any]) -> int | None:
     return deadline
 
 
+def _request_gates(raw: dict[str, t.Any] | None, rollback: bool) -> GateSettings:
+    gates = _gates(raw)
+    if not rollback:
+        return gates
+    # Going back must not hinge on speed: the version restored passed its latency gate when it
+    # was deployed, and the one it replaces (too slow, say) may still load the host and slow
+    # every answer. Judged on readiness, answers and errors; latency measured only.
+    return dataclasses.replace(gates, latency_p95_ms=None, latency_unjudged_reason=ROLLBACK_LATENCY_REASON)
+
+
 def build_request(params: dict[str, t.Any], check_mode: bool = False) -> DeployRequest:
     validate_name(params["name"])
     version, rollback = params.get("version"), params.get("rollback")
@@ -218,7 +230,7 @@ def build_request(params: dict[str, t.Any], check_mode: bool = False) -> DeployR
         unit_dir=params["unit_dir"],
         state_dir=params["state_dir"],
         history_size=history_size,
-        gates=_gates(params.get("gates")),
+        gates=_request_gates(params.get("gates"), rollback is not None),
         log_lines=params.get("log_lines", 40),
         lock_wait=lock_wait,
         deadline_seconds=deadline,

@@ -92,7 +92,10 @@ options:
       - The history entry's bundle (checked against its recorded SHA-256) and image (checked
         against its recorded image id) must still be on the host. The slot units are those of
         O(slots) with their C(Image=) line set to the history entry's image.
-      - The same path and gates as a normal deployment apply.
+      - The same path and gates as a normal deployment apply, but for latency, which is measured
+        and not judged (no p95 budget in the latency gate or the live window). The version
+        restored passed it when it was deployed, and the version it replaces (a too slow one,
+        say) may still load the host. Readiness, answers (smoke) and server errors still decide.
     type: str
   bundle_root:
     description:

@@ -31,7 +31,12 @@ disable_created_metrics()
 
 # Inference on a tiny model takes tens of microseconds; the usual 5 ms first
 # bucket would put every request in one bucket.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+# Bounds at 0.5, 2.5 and 10 s too: a deployment's live window counts the requests surely over
+# its latency budget (above the smallest bound at or over it), so budgets of 0.5-10 s need a
+# bound near them (model_deployment's gates).
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
 
 
 class _InputStatsCollector(Collector):

@@ -18,6 +18,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_gates import 
     parse_metrics,
     percentile,
     request_counts,
+    surely_over,
 )
 from ansible_collections.edgeml.fleet.tests.unit.plugins.module_utils import test__deploy_fakes as fx
 
@@ -222,3 +223,12 @@ def test_histogram_quantile_interpolates_inside_the_bucket_as_prometheus_does():
     assert histogram_quantile(0.95, buckets) == pytest.approx(0.1 + 0.9 * 0.5)
     assert histogram_quantile(0.95, {0.01: 0.0, float("inf"): 0.0}) is None
     assert histogram_quantile(0.95, {0.01: 1.0, float("inf"): 10.0}) == 0.01  # beyond the last bound
+
+
+def test_surely_over_counts_only_what_lies_above_the_bound_at_or_over_the_budget():
+    buckets = {0.1: 2.0, 1.0: 5.0, 2.5: 7.0, 5.0: 9.0, float("inf"): 10.0}
+    assert surely_over(buckets, 2.5) == 3  # above 2.5 s: 2 in (2.5, 5], 1 beyond 5
+    assert surely_over(buckets, 2.0) == 3  # (1, 2.5] straddles 2 s: counted as within
+    assert surely_over(buckets, 0.05) == 8
+    assert surely_over(buckets, 20.0) == 0  # beyond the last finite bound: nothing is sure
+    assert surely_over({}, 1.0) == 0

@@ -410,6 +410,49 @@ def test_live_window_switches_back_a_version_that_fails_on_real_traffic(env, mod
     assert client.versions <= {"1", "5"}
 
 
+def slow_bundle(env, version: str) -> None:
+    """A right but slow version (about 0.4 s an answer here: 200 tiled MatMul layers)."""
+    env.sha[version] = fx.write_bundle(
+        env.root, version, fx.bw.make_slow_onnx(fx.models.digits_model(), layers=200), expected=[0] * 4
+    )
+
+
+def test_live_window_switches_back_a_version_too_slow_for_its_traffic_before_min_requests(env):
+    """Version 6 answers right, slowly; with the latency gate off it is exposed, and its live
+    traffic gets fewer answers in the window than min_requests, every one over the budget.
+    Too few answers to judge a p95 used to be a pass (the e2e canary kept a too-slow 4.0.0 so):
+    two answers surely over the budget decide, as in the latency gate."""
+    slow_bundle(env, "6")
+    env.deploy(version="1")
+    gates = dict(FAST_GATES, latency={"enabled": False, "p95_ms": 100}, live={"seconds": 4, "min_requests": 40})
+    with PublicClient(env.port) as client:
+        _plan, outcome, state = env.deploy(version="6", gates=gates)
+    assert outcome.outcome == "rolled_back" and outcome.failed.name == "live", outcome
+    measured = outcome.failed.measured
+    assert measured["requests"] < 40 and measured["over_budget"] >= 2, measured
+    assert "took longer than the budget of 100 ms: the p95 of 40 cannot be within it" in outcome.failed.detail
+    assert env.public_version() == "1" and state["last_failure"]["gate"] == "live"
+    assert client.versions <= {"1", "6"}
+
+
+def test_a_rollback_is_judged_on_answers_not_on_latency(env):
+    """Going back to a version slower than the latency budget (it was deployed under another
+    budget): a rollback measures latency and does not judge it, so it restores the version."""
+    slow_bundle(env, "6")
+    env.deploy(version="6", gates=dict(FAST_GATES, latency={"requests": 3, "p95_ms": None}))
+    env.deploy(version="1")
+    strict = dict(FAST_GATES, latency={"requests": 3, "p95_ms": 100})
+    _plan, outcome, state = env.deploy(version=None, rollback="previous", image=None, gates=strict)
+    assert outcome.outcome == "deployed" and state["serving"]["version"] == "6", outcome
+    latency = next(gate for gate in outcome.gates if gate.name == "latency")
+    assert latency.passed and latency.measured["p95_ms"] > 100, latency
+    assert latency.detail.startswith("measured only: a rollback restores a version that passed its latency gate")
+    # The same version deployed forward is held to the budget.
+    _plan, outcome, _state = env.deploy(version="1")
+    _plan, outcome, _state = env.deploy(version="6", gates=strict)
+    assert outcome.outcome == "rolled_back" and outcome.failed.name == "latency", outcome
+
+
 def test_old_slot_that_stops_answering_is_recorded_not_a_crash(env):
     """The serving slot hangs (SIGSTOP) while a blue/green deployment fails its smoke gate:
     there is nothing to switch back to, and the result and state file say so."""
