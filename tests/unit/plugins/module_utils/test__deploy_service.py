@@ -411,9 +411,9 @@ def test_live_window_switches_back_a_version_that_fails_on_real_traffic(env, mod
 
 
 def slow_bundle(env, version: str) -> None:
-    """A right but slow version (about 0.4 s an answer here: 200 tiled MatMul layers)."""
+    """A right but slow version (about 0.2 s an answer here: 100 tiled MatMul layers)."""
     env.sha[version] = fx.write_bundle(
-        env.root, version, fx.bw.make_slow_onnx(fx.models.digits_model(), layers=200), expected=[0] * 4
+        env.root, version, fx.bw.make_slow_onnx(fx.models.digits_model(), layers=100), expected=[0] * 4
     )
 
 
@@ -424,13 +424,13 @@ def test_live_window_switches_back_a_version_too_slow_for_its_traffic_before_min
     two answers surely over the budget decide, as in the latency gate."""
     slow_bundle(env, "6")
     env.deploy(version="1")
-    gates = dict(FAST_GATES, latency={"enabled": False, "p95_ms": 100}, live={"seconds": 4, "min_requests": 40})
+    gates = dict(FAST_GATES, latency={"enabled": False, "p95_ms": 50}, live={"seconds": 4, "min_requests": 40})
     with PublicClient(env.port) as client:
         _plan, outcome, state = env.deploy(version="6", gates=gates)
     assert outcome.outcome == "rolled_back" and outcome.failed.name == "live", outcome
     measured = outcome.failed.measured
     assert measured["requests"] < 40 and measured["over_budget"] >= 2, measured
-    assert "took longer than the budget of 100 ms: the p95 of 40 cannot be within it" in outcome.failed.detail
+    assert "took longer than the budget of 50 ms: the p95 of 40 cannot be within it" in outcome.failed.detail
     assert env.public_version() == "1" and state["last_failure"]["gate"] == "live"
     assert client.versions <= {"1", "6"}
 
@@ -441,11 +441,11 @@ def test_a_rollback_is_judged_on_answers_not_on_latency(env):
     slow_bundle(env, "6")
     env.deploy(version="6", gates=dict(FAST_GATES, latency={"requests": 3, "p95_ms": None}))
     env.deploy(version="1")
-    strict = dict(FAST_GATES, latency={"requests": 3, "p95_ms": 100})
+    strict = dict(FAST_GATES, latency={"requests": 3, "p95_ms": 50})
     _plan, outcome, state = env.deploy(version=None, rollback="previous", image=None, gates=strict)
     assert outcome.outcome == "deployed" and state["serving"]["version"] == "6", outcome
     latency = next(gate for gate in outcome.gates if gate.name == "latency")
-    assert latency.passed and latency.measured["p95_ms"] > 100, latency
+    assert latency.passed and latency.measured["p95_ms"] > 50, latency
     assert latency.detail.startswith("measured only: a rollback restores a version that passed its latency gate")
     # The same version deployed forward is held to the budget.
     _plan, outcome, _state = env.deploy(version="1")
