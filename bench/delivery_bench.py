@@ -35,7 +35,9 @@ from rollout_bench import (
     LAB,
     REGISTRY_PORT,
     ROOT,
+    TIMINGS,
     _env,
+    _seconds,
     lab_settings,
     machine,
     playbook,
@@ -163,8 +165,23 @@ def deliver(bundles: Path, delivery: str, overlay: Path, bridge: str) -> dict:
     }
     inventory = ["-i", str(BENCH_DIR / "hosts.yml"), "-i", str(overlay)]
     before = tx_bytes(bridge)
-    code, seconds = playbook("bench/deliver_bundle.yml", *inventory, "-e", json.dumps(settings), check=False)
-    return {"ok": code == 0, "seconds": seconds, "controller_sent_bytes": tx_bytes(bridge) - before}
+    code, seconds = playbook(
+        "bench/deliver_bundle.yml", *inventory, "-e", json.dumps(settings), check=False, timed=True
+    )
+    sent = tx_bytes(bridge) - before
+    return {"ok": code == 0, "seconds": seconds, "controller_sent_bytes": sent, "slowest_tasks": slowest_tasks()}
+
+
+def slowest_tasks(count: int = 6) -> list[tuple[str, float]]:
+    """The stage's slowest tasks of the last timed run: wall time, first host started to last done."""
+    tasks = []
+    for play in TIMINGS[-1]["plays"]:
+        for entry in play.get("tasks", []):
+            duration = entry["task"]["duration"]
+            if "end" in duration:
+                seconds = _seconds(duration["end"]) - _seconds(duration["start"])
+                tasks.append((entry["task"]["name"], round(seconds, 1)))
+    return sorted(tasks, key=lambda task: -task[1])[:count]
 
 
 def remove_bundle(hosts: int) -> None:
@@ -223,6 +240,9 @@ def report(row: dict) -> None:
             f"| {delivery} | {result['ok']} | {result['seconds']:.1f} | {sent / 1e6:.0f} | "
             f"{sent / row['bundle_bytes']:.1f} |"
         )
+    for delivery in ("ssh", "registry"):
+        tasks = "; ".join(f"{name} {seconds:.1f} s" for name, seconds in row[delivery].get("slowest_tasks", []))
+        lines.append(f"\nSlowest tasks, {delivery}: {tasks}.")
     lines += [
         "",
         f"Signing the bundle (model-signing, the example P-256 key): {row['sign_s']:.2f} s; "
