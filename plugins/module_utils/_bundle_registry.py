@@ -367,7 +367,7 @@ def split_pinned_ref(ref: str) -> tuple[str, str, str]:
     registry, _sep, repository = name.partition("/")
     if not (re.fullmatch(r"sha256:[0-9a-f]{64}", digest) and registry and repository):
         raise EdgeMLError(
-            f"ref {ref!r} is not REGISTRY/REPOSITORY@sha256:DIGEST.",
+            f"ref {ref!r} is not pinned by digest (REGISTRY/REPOSITORY@sha256:DIGEST).",
             "Give the registry as the host reaches it (host:port), the repository, and the digest "
             "model_bundle_push returned for that registry: a tag can be moved to other content.",
         )
@@ -511,13 +511,7 @@ def run_model_bundle_push(wrapper: EdgeMLModule) -> dict[str, t.Any]:
 
 def run_model_bundle_pull(wrapper: EdgeMLModule) -> dict[str, t.Any]:
     params = wrapper.params
-    ref = params["ref"]
-    if "@sha256:" not in ref:
-        raise EdgeMLError(
-            f"ref {ref!r} is not pinned by digest.",
-            "Give REGISTRY/REPOSITORY@sha256:DIGEST (model_bundle_push returns the digest each registry holds): "
-            "a tag can be moved to other content.",
-        )
+    split_pinned_ref(params["ref"])  # a ref not pinned by digest is refused before anything else
     if not params["files"]:
         raise EdgeMLError(
             "files is empty: nothing to check the unpacked bundle against.",
@@ -525,7 +519,7 @@ def run_model_bundle_pull(wrapper: EdgeMLModule) -> dict[str, t.Any]:
         )
     return pull_bundle(
         RegistryClient(params["tls_verify"]),
-        ref=ref,
+        ref=params["ref"],
         dest=params["dest"],
         files=params["files"],
         check_mode=wrapper.check_mode,
