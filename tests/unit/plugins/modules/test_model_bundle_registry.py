@@ -1,10 +1,10 @@
 # Copyright: edgeml.fleet contributors
 # Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
-"""model_bundle_push and model_bundle_pull: their arguments, the bundle image built and
-unpacked with the real podman of this machine, and pulls over real HTTP from a server on
-127.0.0.1 that serves a real bundle image's manifest and blobs (what a pull reads of a
-registry). Pushing to and pulling from real registries, on real lab hosts:
-tests/e2e/test_bundle_delivery.py."""
+"""model_bundle_push, model_bundle_pull and model_stage: their arguments, the bundle image
+built and unpacked with the real podman of this machine, and pulls over real HTTP from a server
+on 127.0.0.1 that serves a real bundle image's manifest and blobs (what a pull reads of a
+registry; model_stage's image pulls are the real podman's, from the same server). Pushing to
+and pulling from real registries, on real lab hosts: tests/e2e/test_bundle_delivery.py."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils import _bundle_regist
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import file_differences
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_verify import bundle_files
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
-from ansible_collections.edgeml.fleet.plugins.modules import model_bundle_pull, model_bundle_push
+from ansible_collections.edgeml.fleet.plugins.modules import model_bundle_pull, model_bundle_push, model_stage
 from ansible_collections.edgeml.fleet.tests.unit.plugins import bundle_models as models
 
 DIGEST = "sha256:" + "0" * 64
@@ -139,6 +139,8 @@ class OCIRegistry:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 registry.requests.append(self.path)
+                if self.path == "/v2/":  # the API check a podman pull starts with
+                    return self.answer(200, b"{}")
                 if self.path.startswith("/token"):
                     return self.answer(200, json.dumps({"token": registry.token}).encode())
                 if registry.token and self.headers.get("Authorization") != f"Bearer {registry.token}":
@@ -147,7 +149,10 @@ class OCIRegistry:
                 digest = self.path.rsplit("/", 1)[-1]
                 if digest not in registry.blobs:
                     return self.answer(404, b"{}")
-                return self.answer(200, registry.blobs[digest], {"Docker-Content-Digest": digest})
+                headers = {"Docker-Content-Digest": digest}
+                if "/manifests/" in self.path:  # as a registry says it (podman reads the type from it)
+                    headers["Content-Type"] = "application/vnd.oci.image.manifest.v1+json"
+                return self.answer(200, registry.blobs[digest], headers)
 
             def answer(self, status, body, headers=None):
                 self.send_response(status)
@@ -331,3 +336,127 @@ def test_a_registry_without_the_image_says_which_registry_to_check(bundle_image,
     _digest, blobs = saved[False]
     dest, before = old_copy
     refused_and_untouched(pull(capsys, OCIRegistry(blobs), DIGEST, dest, files), dest, before, "does not hold")
+
+
+# --- model_stage: trust, bundle and server image in one call ---------------------------------
+
+
+def stage(capsys, **args) -> dict:
+    return models.run_module(model_stage.main, dict(tls_verify=False, **args), capsys)
+
+
+@pytest.fixture
+def trust_dir(tmp_path) -> Path:
+    """A trust directory holding one key, through a symlink (as a key managed elsewhere is)."""
+    keys = tmp_path / "managed-keys"
+    keys.mkdir()
+    (keys / "release-2026.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
+    trust = tmp_path / "trusted-keys"
+    trust.mkdir()
+    (trust / "release.pub").symlink_to(keys / "release-2026.pub")
+    return trust
+
+
+@pytest.fixture
+def pulled_images(podman):
+    """(the real podman's client, image references to remove with every name they got after the test)."""
+    client, _tags = podman
+    references: list[str] = []
+    yield client, references
+    for reference in references:
+        image = registry.local_image_id(client, reference)
+        if image:
+            client.run("rmi", "--force", image, check=False)
+
+
+def test_stage_refuses_a_host_that_trusts_no_signer_before_delivering_anything(bundle_image, tmp_path, capsys):
+    files, saved = bundle_image
+    digest, blobs = saved[True]
+    served = OCIRegistry(blobs)
+    trust = tmp_path / "trusted-keys"
+    trust.mkdir()
+    (trust / "README.txt").write_text("keys go here")
+    (trust / "gone.pub").symlink_to(tmp_path / "no-such-key.pub")  # dangling: trusts nothing
+    (trust / "old.pem").mkdir()
+    dest = tmp_path / "host" / "bundles" / "digits" / "1.0.0"
+    ref = f"{served.address}/edgeml-bundles/digits@{digest}"
+    result = stage(capsys, trust_dir=str(trust), bundle=dict(ref=ref, dest=str(dest), files=files), image=ref)
+    assert result.get("failed") and result["failed_at"] == "trust", result
+    assert "trusts no bundle signer" in result["msg"] and "edgeml_trusted_keys" in result["msg"]
+    assert "No bundle or image was delivered" in result["msg"]
+    assert not dest.parent.exists() and served.requests == [], "something was delivered"
+    assert not stage(capsys, trust_dir=str(trust), signature_policy="optional").get("failed")
+
+
+def test_stage_makes_a_missing_trust_directory_and_only_predicts_it_in_check_mode(tmp_path, capsys):
+    trust = tmp_path / "etc" / "trusted-keys"
+    predicted = stage(capsys, trust_dir=str(trust), signature_policy="optional", _ansible_check_mode=True)
+    assert predicted["changed"] is True and not trust.exists(), predicted
+    made = stage(capsys, trust_dir=str(trust), signature_policy="optional")
+    assert made["changed"] is True and made["trusted_signers"] == [], made
+    assert oct(trust.stat().st_mode & 0o777) == "0o755"
+    again = stage(capsys, trust_dir=str(trust), signature_policy="optional")
+    assert again["changed"] is False, again
+
+
+def test_stage_unpacks_the_bundle_and_pulls_the_server_image_by_digest_then_has_nothing_to_do(
+    bundle_image, trust_dir, tmp_path, capsys, pulled_images
+):
+    client, references = pulled_images
+    files, saved = bundle_image
+    digest, blobs = saved[True]
+    served = OCIRegistry(blobs)
+    dest = tmp_path / "host" / "bundles" / "digits" / "1.0.0"
+    # The bundle image stands in for the server image: any image pinned by digest will do.
+    image = f"{served.address}/edgeml-bundles/digits@{digest}"
+    references.append(image)
+    assert client.run("image", "exists", image, check=False)[0] != 0
+    args = dict(trust_dir=str(trust_dir), bundle=dict(ref=image, dest=str(dest), files=files), image=image)
+
+    predicted = stage(capsys, _ansible_check_mode=True, **args)
+    assert predicted["changed"] and predicted["bundle"]["changed"] and predicted["image"]["changed"], predicted
+    assert not dest.parent.exists() and served.requests == [], "a check run delivered something"
+    assert client.run("image", "exists", image, check=False)[0] != 0, "a check run pulled the image"
+
+    result = stage(capsys, **args)
+    assert not result.get("failed"), result
+    assert result["trusted_signers"] == ["release.pub"]
+    assert result["bundle"]["changed"] is True and result["image"] == {"changed": True, "ref": image}
+    assert bundle_files(str(dest), {}) == files
+    assert client.run("image", "exists", image, check=False)[0] == 0
+
+    fetched = len(served.requests)
+    again = stage(capsys, **args)
+    assert again["changed"] is False and not again["bundle"]["changed"] and not again["image"]["changed"], again
+    assert len(served.requests) == fetched, "a second run fetched something"
+
+
+def test_stage_refuses_a_server_image_not_pinned_by_digest_before_anything(tmp_path, capsys):
+    trust = tmp_path / "trusted-keys"
+    result = stage(capsys, trust_dir=str(trust), image="registry.example:5000/edgeml-model-server:0.1.0")
+    assert result.get("failed") and "is not pinned by digest" in result["msg"], result
+    assert "failed_at" not in result and not trust.exists()
+
+
+def test_stage_says_which_server_image_could_not_be_pulled(bundle_image, trust_dir, tmp_path, capsys):
+    files, saved = bundle_image
+    digest, blobs = saved[True]
+    served = OCIRegistry(blobs)
+    dest = tmp_path / "host" / "bundles" / "digits" / "1.0.0"
+    missing = f"{served.address}/edgeml-model-server@{DIGEST}"
+    bundle = dict(ref=f"{served.address}/edgeml-bundles/digits@{digest}", dest=str(dest), files=files)
+    result = stage(capsys, trust_dir=str(trust_dir), bundle=bundle, image=missing)
+    assert result.get("failed") and result["failed_at"] == "image", result
+    assert f"The server image {missing} could not be pulled" in result["msg"]
+    assert "nothing that serves was changed" in result["msg"]
+    assert bundle_files(str(dest), {}) == files  # the verified bundle stays staged for the next run
+
+
+def test_stage_records_where_a_refused_bundle_stopped_it(bundle_image, trust_dir, old_copy, capsys):
+    files, saved = bundle_image
+    _digest, blobs = saved[False]
+    dest, before = old_copy
+    bundle = dict(ref=f"{OCIRegistry(blobs).address}/edgeml-bundles/digits@{DIGEST}", dest=str(dest), files=files)
+    result = stage(capsys, trust_dir=str(trust_dir), bundle=bundle)
+    assert result["failed_at"] == "bundle"
+    refused_and_untouched(result, dest, before, "does not hold")
