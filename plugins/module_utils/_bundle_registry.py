@@ -27,6 +27,7 @@ the sha256 the controller verified (``model_bundle_verify``'s ``files``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -58,6 +59,8 @@ LAYER_STREAM_MODES = {
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "r|gz",
 }
 CHUNK = 1024 * 1024
+# Pushes to several registries (sites) at once, at most this many.
+PUSH_WORKERS = 4
 # Where podman and skopeo look for registry credentials (containers-auth.json(5)), in order.
 AUTH_FILES = (
     "${REGISTRY_AUTH_FILE}",
@@ -313,14 +316,9 @@ def push_bundle(
         if check_mode:  # the digests of the registries that hold it already; nothing pushed
             digests = {registry: found[0] for registry, found in holding.items() if found is not None}
             return {"changed": bool(pushed), "image_id": image, "digests": digests, "pushed": pushed}
+        targets = [f"{registry}/{repository}:{version}" for registry in pushed]
+        push_everywhere(podman, tag, targets, registry_client.tls_verify)
         for registry in pushed:
-            podman.run(
-                "push",
-                "--quiet",
-                f"--tls-verify={'true' if registry_client.tls_verify else 'false'}",
-                tag,
-                f"docker://{registry}/{repository}:{version}",
-            )
             found = registry_client.manifest(registry, repository, version)
             if found is None:
                 raise EdgeMLError(
@@ -334,6 +332,21 @@ def push_bundle(
             podman.run("rmi", tag, check=False)
     digests = {registry: found[0] for registry, found in holding.items() if found is not None}
     return {"changed": bool(pushed), "image_id": image, "digests": digests, "pushed": pushed}
+
+
+def push_everywhere(podman: PodmanClient, tag: str, targets: list[str], tls_verify: bool) -> None:
+    """``podman push`` TAG to every target (REGISTRY/REPOSITORY:VERSION) at once, a few at a
+    time: each push compresses the layer itself (podman pushes no uncompressed layer), so one
+    after the other the controller's time would grow with every site. The first failure is
+    raised once all have ended."""
+    if not targets:
+        return
+    tls = f"--tls-verify={'true' if tls_verify else 'false'}"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(PUSH_WORKERS, len(targets))) as pool:
+        pushes = [pool.submit(podman.run, "push", "--quiet", tls, tag, f"docker://{target}") for target in targets]
+    failures = [push.exception() for push in pushes if push.exception() is not None]
+    if failures:
+        raise failures[0]
 
 
 def require_same_image(registry: str, reference: str, found: tuple[str, dict[str, t.Any]], image: str) -> None:

@@ -61,7 +61,8 @@ options:
   registries:
     description:
       - The registries (C(host:port), as this host reaches them) that must hold the bundle,
-        for example one per site. Each is pushed to at most once.
+        for example one per site. Each is pushed to at most once; the pushes run at once, up
+        to four at a time.
     type: list
     elements: str
     required: true

@@ -460,3 +460,23 @@ def test_stage_records_where_a_refused_bundle_stopped_it(bundle_image, trust_dir
     result = stage(capsys, trust_dir=str(trust_dir), bundle=bundle)
     assert result["failed_at"] == "bundle"
     refused_and_untouched(result, dest, before, "does not hold")
+
+
+def test_pushes_to_every_registry_end_before_a_failure_is_raised(bundle, podman, tmp_path):
+    """Two pushes at once, both to a port nothing listens on: each runs (podman's own error for
+    each), and the first failure is what the caller gets."""
+    client, tags = podman
+    tag = f"localhost/edgeml-test-bundles/digits-{uuid.uuid4().hex[:8]}:1.0.0"
+    tags.append(tag)
+    registry.build_bundle_image(client, str(bundle), bundle_files(str(bundle), {}), tag)
+    calls: list[tuple[str, ...]] = []
+
+    class Recording(type(client)):
+        def run(self, *args: str, check: bool = True) -> tuple[int, str, str]:
+            calls.append(args)
+            return super().run(*args, check=check)
+
+    targets = ["127.0.0.1:9/edgeml-bundles/digits:1.0.0", "127.0.0.1:9/edgeml-bundles/other:1.0.0"]
+    with pytest.raises(EdgeMLError, match=r"127\.0\.0\.1:9/edgeml-bundles/digits:1\.0\.0"):
+        registry.push_everywhere(Recording(), tag, targets, tls_verify=False)
+    assert sorted(call[-1] for call in calls) == [f"docker://{target}" for target in targets]
