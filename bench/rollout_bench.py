@@ -122,10 +122,10 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, ...], 
         ("cut the rings", "put ", "ping the host", "describe the host", "remember the scope"),
         (),
     ),
-    ("host ready: trust, bundle from a registry, image (one call)", (), ("check that the host trusts",), ()),
+    ("host ready: trust, bundle from a registry, image (one call)", (), (), (("host trusts",),)),
     ("bundle transfer", ("handle_bundle.yml",), (), (("bundle", "copy"), ("bundle", "deliver"))),
     ("bundle verification (controller)", ("handle_verify.yml",), (), (("bundle",), ("manifest",))),
-    ("image pull/load", ("handle_image.yml",), (), (("image",), ("archive",))),
+    ("image pull/load", ("handle_image.yml", "handle_image_digest.yml"), (), (("image",), ("archive",))),
     ("unit rendering", (), (), (("render",), ("unit",))),
 ]
 

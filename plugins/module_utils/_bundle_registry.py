@@ -84,7 +84,12 @@ class PodmanClient:
         binary = self.module.get_bin_path("podman", required=False)
         if binary is None:
             raise EdgeMLError("podman is not installed here.", "Bundles through a registry need podman (>= 4.3).")
-        rc, out, err = self.module.run_command([binary, *args])
+        try:
+            # Errors come back here, not as fail_json: pushes run in threads (push_everywhere).
+            rc, out, err = self.module.run_command([binary, *args], handle_exceptions=False)
+        except OSError as error:
+            command = " ".join(args)
+            raise EdgeMLError(f"'podman {command}' could not be run: {error}", "Check podman on this host.") from None
         if check and rc != 0:
             raise EdgeMLError(
                 f"'podman {' '.join(args)}' failed with exit code {rc}: {(err or out).strip()[:500]}",
@@ -337,16 +342,21 @@ def push_bundle(
 def push_everywhere(podman: PodmanClient, tag: str, targets: list[str], tls_verify: bool) -> None:
     """``podman push`` TAG to every target (REGISTRY/REPOSITORY:VERSION) at once, a few at a
     time: each push compresses the layer itself (podman pushes no uncompressed layer), so one
-    after the other the controller's time would grow with every site. The first failure is
-    raised once all have ended."""
+    after the other the controller's time would grow with every site. Failures are raised
+    once all pushes have ended, every one of them named."""
     if not targets:
         return
     tls = f"--tls-verify={'true' if tls_verify else 'false'}"
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(PUSH_WORKERS, len(targets))) as pool:
         pushes = [pool.submit(podman.run, "push", "--quiet", tls, tag, f"docker://{target}") for target in targets]
     failures = [push.exception() for push in pushes if push.exception() is not None]
-    if failures:
+    if len(failures) == 1:
         raise failures[0]
+    if failures:
+        raise EdgeMLError(
+            f"{len(failures)} of {len(targets)} pushes failed: " + "; ".join(str(failure) for failure in failures),
+            "Check that those registries are reachable from here.",
+        )
 
 
 def require_same_image(registry: str, reference: str, found: tuple[str, dict[str, t.Any]], image: str) -> None:

@@ -10,8 +10,10 @@ same checks in the same order and stops at the first that fails:
 
 1. the host trusts a bundle signer (its trust directory holds a key or CA certificate) when
    signatures are required: else its model server would refuse every version;
-2. the bundle, when it comes from the registry, unpacked by digest (``_bundle_registry.pull_bundle``);
-3. the server image, pinned by digest, in the host's podman storage (pulled when missing).
+2. the model's bundle directory (BUNDLE_ROOT/NAME) root's and 0755, whatever the umask: the
+   model server's unit mounts it and reads it as an unprivileged user;
+3. the bundle, when it comes from the registry, unpacked by digest (``_bundle_registry.pull_bundle``);
+4. the server image, pinned by digest, in the host's podman storage (pulled when missing).
 
 Client: podman through ``run_command`` and the registry's HTTP API (``_bundle_registry``).
 Service: ``trusted_signers`` and ``ensure_image``. Runner: ``run_model_stage``.
@@ -34,29 +36,63 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeML
 
 # What the model server reads as a trusted signer: public keys and CA certificates (PEM).
 SIGNER_PATTERNS = ("*.pub", "*.pem", "*.crt")
-# Which step a failure stopped at, returned as ``failed_at`` (the role records it).
-STEP_TRUST, STEP_BUNDLE, STEP_IMAGE = "trust", "bundle", "image"
+# Which step a failure stopped at, returned as ``failed_at`` (the role refuses the bundle only
+# for STEP_BUNDLE; the others are the host's own failures).
+STEP_TRUST, STEP_MODEL_DIR, STEP_BUNDLE, STEP_IMAGE = "trust", "model_dir", "bundle", "image"
 
 
 # --- service --------------------------------------------------------------------------------
 
 
+def host_error(step: str, what: str, error: OSError) -> EdgeMLError:
+    return EdgeMLError(
+        f"{what} failed on this host: {error}. No bundle or image was delivered by this step.",
+        "Fix the path or its permissions on the host (the role runs as root), then run the rollout again.",
+        failed_at=step,
+    )
+
+
 def trusted_signers(trust_dir: str, *, check_mode: bool) -> tuple[list[str], bool]:
     """(the signer files in TRUST_DIR, whether the directory was (or would be) created). The
     directory is made when missing (root's, 0755): the model server's unit mounts it."""
-    if not os.path.isdir(trust_dir):
-        if not check_mode:
-            os.makedirs(trust_dir, mode=DIR_MODE)
-            os.chmod(trust_dir, DIR_MODE)
-        return [], True
-    # A symlinked key counts (the server follows it); a dangling link or a directory does not.
-    names = [
-        name
-        for name in os.listdir(trust_dir)
-        if any(fnmatch.fnmatch(name, pattern) for pattern in SIGNER_PATTERNS)
-        and os.path.isfile(os.path.join(trust_dir, name))
-    ]
+    try:
+        if not os.path.isdir(trust_dir):
+            if not check_mode:
+                os.makedirs(trust_dir, mode=DIR_MODE)
+                os.chmod(trust_dir, DIR_MODE)
+            return [], True
+        # A symlinked key counts (the server follows it); a dangling link or a directory does not.
+        names = [
+            name
+            for name in os.listdir(trust_dir)
+            if any(fnmatch.fnmatch(name, pattern) for pattern in SIGNER_PATTERNS)
+            and os.path.isfile(os.path.join(trust_dir, name))
+        ]
+    except OSError as error:
+        raise host_error(STEP_TRUST, f"Reading the trust directory {trust_dir}", error) from None
     return sorted(names), False
+
+
+def ensure_model_dir(path: str, *, check_mode: bool) -> bool:
+    """Make PATH (BUNDLE_ROOT/NAME) a directory owned by root with mode 0755, whatever the
+    umask: the model server's unit mounts it and reads it as its own, unprivileged user.
+    True when it was (or would be) made or changed."""
+    try:
+        if not os.path.isdir(path):
+            if not check_mode:
+                os.makedirs(path, mode=DIR_MODE)
+                os.chmod(path, DIR_MODE)
+                os.chown(path, 0, 0)
+            return True
+        held = os.stat(path)
+        if (held.st_mode & 0o7777, held.st_uid, held.st_gid) == (DIR_MODE, 0, 0):
+            return False
+        if not check_mode:
+            os.chmod(path, DIR_MODE)
+            os.chown(path, 0, 0)
+        return True
+    except OSError as error:
+        raise host_error(STEP_MODEL_DIR, f"Making the model's bundle directory {path}", error) from None
 
 
 def require_signer(signers: list[str], trust_dir: str, policy: str) -> None:
@@ -74,19 +110,19 @@ def require_signer(signers: list[str], trust_dir: str, policy: str) -> None:
 def ensure_image(podman: PodmanClient, ref: str, *, tls_verify: bool, check_mode: bool) -> bool:
     """Make the image REF (pinned by digest) be in podman's storage; True when it was (or
     would be) pulled. A pull by digest is checked by podman against that digest."""
-    if podman.run("image", "exists", ref, check=False)[0] == 0:
-        return False
-    if not check_mode:
-        try:
+    try:
+        if podman.run("image", "exists", ref, check=False)[0] == 0:
+            return False
+        if not check_mode:
             podman.run("pull", "--quiet", f"--tls-verify={'true' if tls_verify else 'false'}", ref)
-        except EdgeMLError as error:
-            raise EdgeMLError(
-                f"The server image {ref} could not be pulled: {error.msg} The bundle is in place; nothing that "
-                "serves was changed.",
-                "Check that the host reaches its registry (edgeml_registry) and that the image is there, then run "
-                "the rollout again.",
-                failed_at=STEP_IMAGE,
-            ) from None
+    except EdgeMLError as error:
+        raise EdgeMLError(
+            f"The server image {ref} could not be pulled: {error.msg} The bundle is in place; nothing that "
+            "serves was changed.",
+            "Check that the host reaches its registry (edgeml_registry) and that the image is there, then run "
+            "the rollout again.",
+            failed_at=STEP_IMAGE,
+        ) from None
     return True
 
 
@@ -115,6 +151,9 @@ def run_model_stage(wrapper: EdgeMLModule) -> dict[str, t.Any]:
     signers, trust_dir_created = trusted_signers(params["trust_dir"], check_mode=wrapper.check_mode)
     require_signer(signers, params["trust_dir"], params["signature_policy"])
     result: dict[str, t.Any] = {"trusted_signers": signers, "bundle": {"changed": False}, "image": {"changed": False}}
+    model_dir_changed = False
+    if params["model_dir"] is not None:
+        model_dir_changed = ensure_model_dir(params["model_dir"], check_mode=wrapper.check_mode)
 
     if bundle is not None:
         try:
@@ -132,5 +171,7 @@ def run_model_stage(wrapper: EdgeMLModule) -> dict[str, t.Any]:
         podman = PodmanClient(wrapper.module)
         pulled = ensure_image(podman, params["image"], tls_verify=params["tls_verify"], check_mode=wrapper.check_mode)
         result["image"] = {"changed": pulled, "ref": params["image"]}
-    result["changed"] = trust_dir_created or result["bundle"]["changed"] or result["image"]["changed"]
+    result["changed"] = any(
+        (trust_dir_created, model_dir_changed, result["bundle"]["changed"], result["image"]["changed"])
+    )
     return result

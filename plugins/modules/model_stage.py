@@ -16,6 +16,7 @@ description:
   - The host trusts a bundle signer when O(signature_policy=required) - O(trust_dir) holds a public key
     or CA certificate (C(*.pub), C(*.pem), C(*.crt)) - otherwise its model server would refuse every
     version. O(trust_dir) is made (C(0755)) when missing, as the server's unit mounts it.
+  - With O(model_dir), that directory is made or set to C(root:root 0755).
   - With O(bundle), the bundle is unpacked from its registry image pinned by digest, as
     M(edgeml.fleet.model_bundle_pull) does (the layer and every file hashed on the way, moved into place
     only when all match; nothing fetched when the host holds it already).
@@ -53,6 +54,11 @@ options:
     type: str
     choices: [required, optional]
     default: required
+  model_dir:
+    description:
+      - The model's bundle directory, C(BUNDLE_ROOT/NAME), made (or set to) C(root:root 0755) whatever the
+        umask, as the model server's unit mounts it and reads it as an unprivileged user.
+    type: path
   bundle:
     description:
       - The bundle to unpack from the host's registry. Omit it when the bundle comes another way (copied
@@ -90,6 +96,7 @@ EXAMPLES = r"""
 - name: Make the host ready for digits 3.0.0 (bundle and server image from the site registry)
   edgeml.fleet.model_stage:
     signature_policy: required
+    model_dir: /var/lib/edgeml/bundles/digits
     bundle:
       ref: "registry.site-a.example:5000/edgeml-bundles/digits@{{ pushed.digests['registry.site-a.example:5000'] }}"
       dest: /var/lib/edgeml/bundles/digits/3.0.0
@@ -125,7 +132,9 @@ image:
     changed: false
     ref: registry.site-a.example:5000/edgeml-model-server@sha256:4c2e0b8f7d1a6e3c9b5a7d2f0e1c8b6a4d3f2e1c
 failed_at:
-  description: The step that failed, V(trust), V(bundle) or V(image) (not set when the arguments were wrong).
+  description:
+    - The step that failed, V(trust), V(model_dir), V(bundle) or V(image) (not set when the arguments were wrong).
+    - M(edgeml.fleet.model_deployment)'s role records only a V(bundle) failure as a refused bundle.
   returned: failure
   type: str
   sample: trust
@@ -139,6 +148,7 @@ def main() -> None:
     argument_spec = dict(
         trust_dir=dict(type="path", default="/etc/edgeml/trusted-keys"),
         signature_policy=dict(type="str", choices=["required", "optional"], default="required"),
+        model_dir=dict(type="path"),
         bundle=dict(
             type="dict",
             options=dict(

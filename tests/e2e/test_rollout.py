@@ -10,6 +10,7 @@ the version the previous one left, sparing a rollout to reset the fleet.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from fleetops import (
+    ALL_AT_ONCE,
     GATES,
     MODES,
     assert_every_answer_right,
@@ -195,6 +197,23 @@ def test_new_server_image_switches_slots_without_a_failed_request(fleet, fleet_o
     assert report["returncode"] == 0
     assert serving_versions(fleet) == everyone("3.0.0")
     assert host_state("edge-1")["serving"]["slot"] != slot_before
+    assert_every_answer_right(traffic)
+
+
+def test_the_server_image_from_its_oci_archive_serves_as_from_the_registry(fleet, fleet_on, server_image, load):
+    """A site without a registry gets the server image as an OCI archive: copied to each host
+    (only after it is known to trust a bundle signer), loaded, pinned by its ID."""
+    fleet_on("1.0.0")
+    archive = Path(server_image["archive"])
+    on_host = f"/var/lib/edgeml/images/{hashlib.sha256(archive.read_bytes()).hexdigest()}.oci.tar"
+    settings = {"model_deployment_image_delivery": "archive", "model_deployment_image_archive": str(archive)}
+    with load(rolling_out="3.0.0") as traffic:
+        report = deploy("3.0.0", **ALL_AT_ONCE, **settings)
+    assert report["returncode"] == 0, outcomes(latest_report())
+    assert serving_versions(fleet) == everyone("3.0.0")
+    assert all(path_exists_on(host, on_host) for host in ALL_HOSTS), on_host
+    serving = host_state("edge-1")["serving"]
+    assert re.fullmatch(r"[0-9a-f]{64}", serving["image"]), serving  # the loaded image, by its ID
     assert_every_answer_right(traffic)
 
 

@@ -28,6 +28,7 @@ from fleetops import (
     host_state,
     latest_report,
     outcomes,
+    path_exists_on,
     serving_versions,
 )
 from labtools import MODEL, podman, run_playbook
@@ -163,23 +164,29 @@ def test_a_host_copy_holding_more_than_the_bundle_is_made_exactly_the_bundle(fle
     assert_every_answer_right(traffic)
 
 
-def test_a_host_that_trusts_no_signer_gets_nothing_and_keeps_serving(fleet, fleet_on, load):
+def test_a_host_that_trusts_no_signer_gets_nothing_and_keeps_serving(fleet, fleet_on, server_image, load):
     """Under the required policy a host whose trust directory holds no key would refuse every
     version at load: the rollout stops at that host before anything is delivered to it
-    (model_stage's first check), says why, and the host keeps serving its version."""
+    (model_stage's first check; here the server image comes as an OCI archive, which is not
+    copied either), says why, and the host keeps serving its version."""
     fleet_on("1.0.0")
     container = f"edgeml-lab-{HOST}"
-    trust_dir, aside = "/etc/edgeml/trusted-keys", "/root/trusted-keys.aside"
-    podman("exec", container, "sh", "-c", f"mkdir -p {aside} && mv {trust_dir}/* {aside}/")
+    trust_dir, aside, images = "/etc/edgeml/trusted-keys", "/root/trusted-keys.aside", "/var/lib/edgeml/images"
+    podman("exec", container, "sh", "-c", f"mkdir -p {aside} && mv {trust_dir}/* {aside}/ && rm -rf {images}")
     try:
         with load() as traffic:
-            report = deploy(TAMPERED_VERSION)
+            report = deploy(
+                TAMPERED_VERSION,
+                model_deployment_image_delivery="archive",
+                model_deployment_image_archive=str(server_image["archive"]),
+            )
     finally:
         podman("exec", container, "sh", "-c", f"mv {aside}/* {trust_dir}/ && rmdir {aside}")
     assert report["returncode"] != 0
     rows = {row["host"]: row for row in latest_report()["hosts"]}
     assert rows[HOST]["outcome"] == "failed", rows[HOST]
     assert "trusts no bundle signer" in rows[HOST]["reason"], rows[HOST]
+    assert not path_exists_on(HOST, images), "the server image's archive was delivered to a host that trusts no signer"
     assert serving_versions(fleet) == dict.fromkeys(fleet, "1.0.0")
     assert host_state(HOST)["history"][0]["version"] == "1.0.0"
     assert_every_answer_right(traffic)

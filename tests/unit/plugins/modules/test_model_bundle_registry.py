@@ -462,9 +462,9 @@ def test_stage_records_where_a_refused_bundle_stopped_it(bundle_image, trust_dir
     refused_and_untouched(result, dest, before, "does not hold")
 
 
-def test_pushes_to_every_registry_end_before_a_failure_is_raised(bundle, podman, tmp_path):
-    """Two pushes at once, both to a port nothing listens on: each runs (podman's own error for
-    each), and the first failure is what the caller gets."""
+def test_pushes_to_every_registry_end_before_their_failures_are_raised(bundle, podman, tmp_path):
+    """Two pushes at once, both to a port nothing listens on: each runs, and the caller gets
+    one error naming both (podman's own message for each)."""
     client, tags = podman
     tag = f"localhost/edgeml-test-bundles/digits-{uuid.uuid4().hex[:8]}:1.0.0"
     tags.append(tag)
@@ -477,6 +477,28 @@ def test_pushes_to_every_registry_end_before_a_failure_is_raised(bundle, podman,
             return super().run(*args, check=check)
 
     targets = ["127.0.0.1:9/edgeml-bundles/digits:1.0.0", "127.0.0.1:9/edgeml-bundles/other:1.0.0"]
-    with pytest.raises(EdgeMLError, match=r"127\.0\.0\.1:9/edgeml-bundles/digits:1\.0\.0"):
+    with pytest.raises(EdgeMLError, match=r"2 of 2 pushes failed") as failed:
         registry.push_everywhere(Recording(), tag, targets, tls_verify=False)
+    assert all(f"docker://{target}" in str(failed.value) for target in targets), failed.value
     assert sorted(call[-1] for call in calls) == [f"docker://{target}" for target in targets]
+
+
+def test_stage_makes_the_model_directory_roots_and_0755_whatever_the_umask(trust_dir, tmp_path, capsys):
+    model_dir = tmp_path / "bundles" / "digits"
+    model_dir.mkdir(parents=True, mode=0o700)
+    model_dir.chmod(0o700)  # as a host with umask 077 would have made it
+    args = dict(trust_dir=str(trust_dir), model_dir=str(model_dir))
+    predicted = stage(capsys, _ansible_check_mode=True, **args)
+    assert predicted["changed"] is True and oct(model_dir.stat().st_mode & 0o777) == "0o700", predicted
+    made = stage(capsys, **args)
+    assert made["changed"] is True and oct(model_dir.stat().st_mode & 0o777) == "0o755", made
+    assert (model_dir.stat().st_uid, model_dir.stat().st_gid) == (0, 0)
+    assert stage(capsys, **args)["changed"] is False
+
+
+def test_stage_says_what_is_wrong_with_a_trust_directory_it_cannot_read(tmp_path, capsys):
+    trust = tmp_path / "trusted-keys"
+    trust.symlink_to(tmp_path / "gone")  # dangling: not a directory, and cannot be made one
+    result = stage(capsys, trust_dir=str(trust), signature_policy="optional")
+    assert result.get("failed") and result["failed_at"] == "trust", result
+    assert f"Reading the trust directory {trust} failed on this host" in result["msg"]
