@@ -52,14 +52,20 @@ def host_error(step: str, what: str, error: OSError) -> EdgeMLError:
     )
 
 
+def make_root_dir(path: str) -> None:
+    """Make PATH (and its parents) a directory of root's with mode 0755, whatever the umask."""
+    os.makedirs(path, mode=DIR_MODE)
+    os.chmod(path, DIR_MODE)
+    os.chown(path, 0, 0)
+
+
 def trusted_signers(trust_dir: str, *, check_mode: bool) -> tuple[list[str], bool]:
     """(the signer files in TRUST_DIR, whether the directory was (or would be) created). The
     directory is made when missing (root's, 0755): the model server's unit mounts it."""
     try:
         if not os.path.isdir(trust_dir):
             if not check_mode:
-                os.makedirs(trust_dir, mode=DIR_MODE)
-                os.chmod(trust_dir, DIR_MODE)
+                make_root_dir(trust_dir)
             return [], True
         # A symlinked key counts (the server follows it); a dangling link or a directory does not.
         names = [
@@ -80,9 +86,7 @@ def ensure_model_dir(path: str, *, check_mode: bool) -> bool:
     try:
         if not os.path.isdir(path):
             if not check_mode:
-                os.makedirs(path, mode=DIR_MODE)
-                os.chmod(path, DIR_MODE)
-                os.chown(path, 0, 0)
+                make_root_dir(path)
             return True
         held = os.stat(path)
         if (held.st_mode & 0o7777, held.st_uid, held.st_gid) == (DIR_MODE, 0, 0):
