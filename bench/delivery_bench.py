@@ -37,11 +37,11 @@ from rollout_bench import (
     ROOT,
     TIMINGS,
     _env,
-    _seconds,
     lab_settings,
     machine,
     playbook,
     push_server_image,
+    task_seconds,
 )
 
 sys.path.insert(0, str(ROOT / ".collections"))
@@ -177,9 +177,8 @@ def slowest_tasks(count: int = 6) -> list[tuple[str, float]]:
     tasks = []
     for play in TIMINGS[-1]["plays"]:
         for entry in play.get("tasks", []):
-            duration = entry["task"]["duration"]
-            if "end" in duration:
-                seconds = _seconds(duration["end"]) - _seconds(duration["start"])
+            seconds = task_seconds(entry["task"])
+            if seconds is not None:
                 tasks.append((entry["task"]["name"], round(seconds, 1)))
     return sorted(tasks, key=lambda task: -task[1])[:count]
 

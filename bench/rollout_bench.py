@@ -110,6 +110,15 @@ def _seconds(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp.rstrip("Z")).timestamp()
 
 
+def task_seconds(task: dict[str, Any]) -> float | None:
+    """Wall time of one task of the json callback (first host started to last done), or None
+    when it did not end."""
+    duration = task["duration"]
+    if "end" not in duration:
+        return None
+    return _seconds(duration["end"]) - _seconds(duration["start"])
+
+
 # (phase, the task file it is in, or words its name starts with, or words its name holds
 # together), first match wins; anything else is bookkeeping.
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, ...], ...]]] = [
@@ -170,10 +179,10 @@ def phases(timing: dict[str, Any]) -> dict[str, Any]:
         play_name = play["play"]["name"]
         staged = "stage" in play_name.lower() or "_rollout_stage" in play["play"].get("path", "")
         for entry in play["tasks"]:
-            task, duration = entry["task"], entry["task"]["duration"]
-            if "end" not in duration:
+            task = entry["task"]
+            seconds = task_seconds(task)
+            if seconds is None:
                 continue
-            seconds = _seconds(duration["end"]) - _seconds(duration["start"])
             results = [r for r in entry["hosts"].values() if r.get("action") == "edgeml.fleet.model_deployment"]
             if results:
                 batches += 1
