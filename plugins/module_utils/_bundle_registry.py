@@ -31,6 +31,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import pathlib
 import re
 import shutil
 import tarfile
@@ -45,16 +46,14 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeML
 
 BUNDLE_DIR_IN_IMAGE = "/bundle"
 CONTAINERFILE = f"FROM scratch\nCOPY bundle/ {BUNDLE_DIR_IN_IMAGE}/\n"
-MANIFEST_TYPES = ", ".join(
-    (
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    )
-)
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MANIFEST_TYPES = ", ".join((OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"))
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+TAR_LAYER = "application/vnd.oci.image.layer.v1.tar"
 FILE_MODE, DIR_MODE = 0o644, 0o755
 # The layer types a bundle image's layer comes in, and how tarfile streams each.
 LAYER_STREAM_MODES = {
-    "application/vnd.oci.image.layer.v1.tar": "r|",
+    TAR_LAYER: "r|",
     "application/vnd.oci.image.layer.v1.tar+gzip": "r|gz",
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "r|gz",
 }
@@ -108,42 +107,81 @@ class RegistryClient:
         self.authorization: dict[str, str] = {}  # registry -> Authorization header
 
     def get(self, registry: str, path: str, headers: dict[str, str] | None = None) -> t.Any:
-        """GET https://REGISTRY/v2/PATH (http when tls_verify is false): the open response.
+        """GET https://REGISTRY/v2/PATH (http when tls_verify is false): the open response."""
+        return self.request("GET", registry, path, headers)
+
+    def request(
+        self,
+        method: str,
+        registry: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | pathlib.Path | None = None,
+    ) -> t.Any:
+        """METHOD https://REGISTRY/v2/PATH, or the URL PATH when the registry answered with one
+        (an upload's Location): the open response. BODY is bytes or a file sent as it is read.
         A 401 is answered once with what its challenge asks for."""
         try:
-            return self.open(registry, path, headers)
+            return self.open(method, registry, path, headers, body)
         except Exception as error:  # urllib raises HTTPError, URLError, OSError, ssl errors
             if getattr(error, "code", None) != 401:
                 raise
             challenge = error.headers.get("WWW-Authenticate", "") if getattr(error, "headers", None) else ""
-        self.authorization[registry] = self.authorize(registry, challenge, path)
-        return self.open(registry, path, headers)
+        actions = "pull" if method in ("GET", "HEAD") else "pull,push"
+        self.authorization[registry] = self.authorize(registry, challenge, path, actions)
+        return self.open(method, registry, path, headers, body)
 
-    def open(self, registry: str, path: str, headers: dict[str, str] | None) -> t.Any:
+    def open(
+        self,
+        method: str,
+        registry: str,
+        path: str,
+        headers: dict[str, str] | None,
+        body: bytes | pathlib.Path | None = None,
+    ) -> t.Any:
         sent = dict(headers or {})
         if registry in self.authorization:
             sent["Authorization"] = self.authorization[registry]
-        return open_url(
-            f"{'https' if self.tls_verify else 'http'}://{registry}/v2/{path}",
-            method="GET",
-            headers=sent,
-            validate_certs=self.tls_verify,
-            ca_path=registry_ca(registry) if self.tls_verify else None,
-            timeout=self.timeout,
-            decompress=False,
-            use_netrc=False,
-        )
+        base = f"{'https' if self.tls_verify else 'http'}://{registry}"
+        if path.startswith(("http://", "https://")):
+            url = path
+        else:
+            url = f"{base}{path}" if path.startswith("/") else f"{base}/v2/{path}"
+        data = None
+        if isinstance(body, pathlib.Path):
+            sent["Content-Length"] = str(body.stat().st_size)
+            data = body.open("rb")
+        elif body is not None:
+            sent["Content-Length"] = str(len(body))
+            data = body
+        try:
+            return open_url(
+                url,
+                method=method,
+                data=data,
+                headers=sent,
+                validate_certs=self.tls_verify,
+                ca_path=registry_ca(registry) if self.tls_verify else None,
+                timeout=self.timeout,
+                decompress=False,
+                use_netrc=False,
+            )
+        finally:
+            if isinstance(body, pathlib.Path):
+                data.close()
 
-    def authorize(self, registry: str, challenge: str, path: str) -> str:
-        """The Authorization header the registry's 401 CHALLENGE asks for."""
+    def authorize(self, registry: str, challenge: str, path: str, actions: str = "pull") -> str:
+        """The Authorization header the registry's 401 CHALLENGE asks for (a token for ACTIONS
+        on the repository, unless the challenge names its scope)."""
         credentials = registry_credentials(registry)
         scheme, _sep, rest = challenge.partition(" ")
         if scheme.lower() == "basic" and credentials:
             return f"Basic {credentials}"
         if scheme.lower() == "bearer":
             params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
-            repository = path.split("/manifests/", maxsplit=1)[0].split("/blobs/", maxsplit=1)[0]
-            scope = params.get("scope") or f"repository:{repository}:pull"
+            repository = path.split("/v2/", maxsplit=1)[-1]
+            repository = repository.split("/manifests/", maxsplit=1)[0].split("/blobs/", maxsplit=1)[0]
+            scope = params.get("scope") or f"repository:{repository}:{actions}"
             query = {"service": params.get("service", ""), "scope": scope}
             headers = {"Authorization": f"Basic {credentials}"} if credentials else {}
             answer = open_url(
@@ -204,6 +242,57 @@ class RegistryClient:
                 f"The registry {registry} did not serve the blob {digest} of {repository}: {error}.",
                 "Check that the registry holds the bundle image (model_bundle_push) and is reachable from this host.",
             ) from None
+
+    def has_blob(self, registry: str, repository: str, digest: str) -> bool:
+        """Whether the registry holds the blob DIGEST in REPOSITORY."""
+        try:
+            self.request("HEAD", registry, f"{repository}/blobs/{digest}").read()
+            return True
+        except EdgeMLError:
+            raise
+        except Exception as error:
+            if getattr(error, "code", None) == 404:
+                return False
+            raise self.refused(registry, f"the blob {digest} of {repository}", error) from None
+
+    def upload_blob(self, registry: str, repository: str, digest: str, path: pathlib.Path) -> bool:
+        """Upload the file PATH as the blob DIGEST of REPOSITORY (an upload started with POST,
+        then the whole blob in one PUT), unless the registry holds it; whether it was sent.
+        The registry checks what it receives against DIGEST."""
+        if self.has_blob(registry, repository, digest):
+            return False
+        try:
+            started = self.request("POST", registry, f"{repository}/blobs/uploads/", body=b"")
+            location = started.headers.get("Location", "")
+            if not location:
+                raise EdgeMLError(
+                    f"The registry {registry} started an upload to {repository} without saying where to send it.",
+                    "Check that the address is a container registry (distribution spec).",
+                )
+            query = urlencode({"digest": digest})
+            separator = "&" if "?" in location else "?"
+            headers = {"Content-Type": "application/octet-stream"}
+            self.request("PUT", registry, f"{location}{separator}{query}", headers, path).read()
+        except EdgeMLError:
+            raise
+        except Exception as error:
+            raise self.refused(registry, f"the blob {digest} of {repository}", error) from None
+        return True
+
+    def put_manifest(self, registry: str, repository: str, tag: str, body: bytes, media_type: str) -> None:
+        """Tag BODY (a manifest whose blobs the registry holds) as REPOSITORY:TAG."""
+        try:
+            self.request("PUT", registry, f"{repository}/manifests/{tag}", {"Content-Type": media_type}, body).read()
+        except Exception as error:
+            raise self.refused(registry, f"the manifest of {repository}:{tag}", error) from None
+
+    @staticmethod
+    def refused(registry: str, what: str, error: Exception) -> EdgeMLError:
+        return EdgeMLError(
+            f"The registry {registry} did not take {what}: {error}.",
+            "Check that the registry is reachable from here and accepts pushes, and the credentials "
+            f"podman keeps for it (podman login {registry}).",
+        )
 
 
 def registry_ca(registry: str) -> str | None:
@@ -321,8 +410,7 @@ def push_bundle(
         if check_mode:  # the digests of the registries that hold it already; nothing pushed
             digests = {registry: found[0] for registry, found in holding.items() if found is not None}
             return {"changed": bool(pushed), "image_id": image, "digests": digests, "pushed": pushed}
-        targets = [f"{registry}/{repository}:{version}" for registry in pushed]
-        push_everywhere(podman, tag, targets, registry_client.tls_verify)
+        push_everywhere(podman, registry_client, image, [(registry, repository, version) for registry in pushed])
         for registry in pushed:
             found = registry_client.manifest(registry, repository, version)
             if found is None:
@@ -339,16 +427,31 @@ def push_bundle(
     return {"changed": bool(pushed), "image_id": image, "digests": digests, "pushed": pushed}
 
 
-def push_everywhere(podman: PodmanClient, tag: str, targets: list[str], tls_verify: bool) -> None:
-    """``podman push`` TAG to every target (REGISTRY/REPOSITORY:VERSION) at once, a few at a
-    time: each push compresses the layer itself (podman pushes no uncompressed layer), so one
-    after the other the controller's time would grow with every site. Failures are raised
-    once all pushes have ended, every one of them named."""
+def push_everywhere(
+    podman: PodmanClient, registry_client: RegistryClient, image: str, targets: list[tuple[str, str, str]]
+) -> None:
+    """Push the local IMAGE (its ID) to every target (REGISTRY, REPOSITORY, TAG) at once, a
+    few at a time, its layer uncompressed: podman and skopeo gzip every layer they push to a
+    registry, which for model weights saves about 7% of the bytes and costs seconds of CPU on
+    the controller for every push and on every host for every pull (docs/bundle-format.md).
+    The image is saved once as an OCI layout; every registry gets the blobs it lacks and then
+    the manifest, the same bytes everywhere. Failures are raised once all pushes have ended,
+    every one of them named."""
     if not targets:
         return
-    tls = f"--tls-verify={'true' if tls_verify else 'false'}"
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(PUSH_WORKERS, len(targets))) as pool:
-        pushes = [pool.submit(podman.run, "push", "--quiet", tls, tag, f"docker://{target}") for target in targets]
+    with tempfile.TemporaryDirectory(prefix="edgeml-bundle-push-") as work:
+        layout = os.path.join(work, "layout")
+        image_id = image.removeprefix("sha256:")
+        podman.run("save", "--quiet", "--format", "oci-dir", "--uncompressed", "-o", layout, image_id)
+        manifest, media_type, blobs = read_layout(layout, image)
+
+        def push(registry: str, repository: str, tag: str) -> None:
+            for digest in blobs:
+                registry_client.upload_blob(registry, repository, digest, layout_blob(layout, digest))
+            registry_client.put_manifest(registry, repository, tag, manifest, media_type)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(PUSH_WORKERS, len(targets))) as pool:
+            pushes = [pool.submit(push, *target) for target in targets]
     failures = [push.exception() for push in pushes if push.exception() is not None]
     if len(failures) == 1:
         raise failures[0]
@@ -357,6 +460,43 @@ def push_everywhere(podman: PodmanClient, tag: str, targets: list[str], tls_veri
             f"{len(failures)} of {len(targets)} pushes failed: " + "; ".join(str(failure) for failure in failures),
             "Check that those registries are reachable from here.",
         )
+
+
+def layout_blob(layout: str, digest: str) -> pathlib.Path:
+    return pathlib.Path(layout, "blobs", *digest.split(":", 1))
+
+
+def read_layout(layout: str, image: str) -> tuple[bytes, str, list[str]]:
+    """(manifest, its media type, its blobs' digests: layers, then config) for the one image
+    podman saved into the OCI layout LAYOUT, which must be IMAGE (config digest = image ID).
+
+    The manifest is written here, not taken from the layout: podman saves the manifest an image
+    was pulled with, which names a gzip layer even when the blob saved is the plain tar. A layer
+    whose digest is its diff ID (the plain tar's, from the config) is a plain tar; the same
+    image always makes the same manifest, however it came into podman's storage."""
+    with open(os.path.join(layout, "index.json"), encoding="utf-8") as handle:
+        entry = json.load(handle)["manifests"][0]
+    saved = json.loads(layout_blob(layout, entry["digest"]).read_bytes())
+    if saved["config"]["digest"] != image:
+        raise EdgeMLError(
+            f"podman saved another image than {image}: {saved['config']['digest']}.",
+            "Check podman's storage on this host.",
+        )
+    config = json.loads(layout_blob(layout, image).read_bytes())
+    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+    layers = []
+    for index, layer in enumerate(saved["layers"]):
+        plain = index < len(diff_ids) and layer["digest"] == diff_ids[index]
+        media_type = TAR_LAYER if plain else layer["mediaType"]
+        layers.append({"mediaType": media_type, "digest": layer["digest"], "size": layer["size"]})
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": image, "size": saved["config"]["size"]},
+        "layers": layers,
+    }
+    body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
+    return body, OCI_MANIFEST, [layer["digest"] for layer in layers] + [image]
 
 
 def require_same_image(registry: str, reference: str, found: tuple[str, dict[str, t.Any]], image: str) -> None:

@@ -33,6 +33,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_registry impo
     RegistryClient,
     build_bundle_image,
     local_image_id,
+    push_everywhere,
     require_same_image,
     set_modes,
     unpack_bundle_image,
@@ -338,13 +339,16 @@ def _push(
     podman: PodmanClient, registry_client: RegistryClient, registry: str, release: dict[str, t.Any], part: str
 ) -> tuple[str, dict[str, t.Any]]:
     entry = release[part]
-    podman.run(
-        "push",
-        "--quiet",
-        f"--tls-verify={'true' if registry_client.tls_verify else 'false'}",
-        entry["image_id"].removeprefix("sha256:"),  # the image, by its ID: never a tag that may have moved
-        f"docker://{registry}/{_reference(release, part)}",
-    )
+    if part == "bundle":  # as registry delivery pushes it (model_bundle_push): its layer uncompressed
+        push_everywhere(podman, registry_client, entry["image_id"], [(registry, entry["repository"], entry["tag"])])
+    else:
+        podman.run(
+            "push",
+            "--quiet",
+            f"--tls-verify={'true' if registry_client.tls_verify else 'false'}",
+            entry["image_id"].removeprefix("sha256:"),  # the image, by its ID: never a tag that may have moved
+            f"docker://{registry}/{_reference(release, part)}",
+        )
     found = registry_client.manifest(registry, entry["repository"], entry["tag"])
     if found is None:
         raise EdgeMLError(

@@ -17,6 +17,9 @@ description:
   - The image is built with C(--timestamp 0), so the same bundle always makes the same image.
     A registry that already holds it is not sent it again; a tag that holds other content
     (someone pushed something else under this version) is refused, never overwritten.
+  - The image's layer is sent uncompressed (model weights hardly compress, and gzip would cost
+    CPU on the controller for every push and on every host for every pull), over the
+    registry's HTTP API with the credentials (C(podman login)) and CA certificates podman uses.
   - The files copied into the image are compared with O(files) (from
     M(edgeml.fleet.model_bundle_verify)) first, so what is pushed is what was verified.
   - The role C(edgeml.fleet.model_deployment) runs it on the controller once per rollout batch

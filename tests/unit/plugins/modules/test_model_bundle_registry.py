@@ -15,6 +15,7 @@ import io
 import json
 import tarfile
 import threading
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -127,11 +128,14 @@ def test_pull_in_check_mode_says_what_differs_and_changes_nothing(bundle, capsys
 
 
 class OCIRegistry:
-    """GET /v2/REPOSITORY/manifests/DIGEST and /v2/REPOSITORY/blobs/DIGEST from BLOBS (digest ->
-    bytes); TOKEN, when set, must come as a Bearer token got from /token."""
+    """The distribution API's pull and push on BLOBS (digest -> bytes): GET and HEAD of
+    manifests (by digest or tag) and blobs; an upload started with POST and finished with one
+    PUT, refused unless the bytes hash to its digest (as a registry does); a manifest PUT
+    under a tag. TOKEN, when set, must come as a Bearer token got from /token."""
 
-    def __init__(self, blobs: dict[str, bytes], token: str | None = None) -> None:
-        self.blobs = blobs
+    def __init__(self, blobs: dict[str, bytes] | None = None, token: str | None = None) -> None:
+        self.blobs = dict(blobs or {})
+        self.tags: dict[str, str] = {}  # REPOSITORY:TAG -> manifest digest
         self.token = token
         self.requests: list[str] = []
         registry = self
@@ -139,28 +143,70 @@ class OCIRegistry:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 registry.requests.append(self.path)
+                self.serve(with_body=True)
+
+            def do_HEAD(self):
+                registry.requests.append(f"HEAD {self.path}")
+                self.serve(with_body=False)
+
+            def do_POST(self):
+                registry.requests.append(f"POST {self.path}")
+                if not self.authorized():
+                    return None
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                # An absolute Location with a query of its own, as the reference registry answers.
+                upload = f"http://{registry.address}{self.path}{uuid.uuid4().hex}?_state=unit"
+                return self.answer(202, b"", {"Location": upload})
+
+            def do_PUT(self):
+                registry.requests.append(f"PUT {self.path}")
+                if not self.authorized():
+                    return None
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                path, _sep, query = self.path.partition("?")
+                if "/blobs/uploads/" in path:
+                    digest = urllib.parse.parse_qs(query)["digest"][0]
+                    if sha256_of(body) != digest:
+                        return self.answer(400, b'{"errors":[{"code":"DIGEST_INVALID"}]}')
+                    registry.blobs[digest] = body
+                    return self.answer(201, b"", {"Docker-Content-Digest": digest})
+                repository, _sep, tag = path.removeprefix("/v2/").partition("/manifests/")
+                registry.blobs[sha256_of(body)] = body
+                registry.tags[f"{repository}:{tag}"] = sha256_of(body)
+                return self.answer(201, b"", {"Docker-Content-Digest": sha256_of(body)})
+
+            def serve(self, with_body: bool):
                 if self.path == "/v2/":  # the API check a podman pull starts with
                     return self.answer(200, b"{}")
                 if self.path.startswith("/token"):
                     return self.answer(200, json.dumps({"token": registry.token}).encode())
-                if registry.token and self.headers.get("Authorization") != f"Bearer {registry.token}":
-                    realm = f"http://{registry.address}/token"
-                    return self.answer(401, b"{}", {"WWW-Authenticate": f'Bearer realm="{realm}",service="unit"'})
-                digest = self.path.rsplit("/", 1)[-1]
+                if not self.authorized():
+                    return None
+                repository, _sep, reference = self.path.removeprefix("/v2/").rpartition("/")
+                repository = repository.rsplit("/", 1)[0]
+                digest = registry.tags.get(f"{repository}:{reference}", reference)
                 if digest not in registry.blobs:
                     return self.answer(404, b"{}")
                 headers = {"Docker-Content-Digest": digest}
                 if "/manifests/" in self.path:  # as a registry says it (podman reads the type from it)
                     headers["Content-Type"] = "application/vnd.oci.image.manifest.v1+json"
-                return self.answer(200, registry.blobs[digest], headers)
+                return self.answer(200, registry.blobs[digest], headers, with_body)
 
-            def answer(self, status, body, headers=None):
+            def authorized(self) -> bool:
+                if registry.token and self.headers.get("Authorization") != f"Bearer {registry.token}":
+                    realm = f"http://{registry.address}/token"
+                    self.answer(401, b"{}", {"WWW-Authenticate": f'Bearer realm="{realm}",service="unit"'})
+                    return False
+                return True
+
+            def answer(self, status, body, headers=None, with_body=True):
                 self.send_response(status)
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if with_body:
+                    self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
@@ -462,25 +508,129 @@ def test_stage_records_where_a_refused_bundle_stopped_it(bundle_image, trust_dir
     refused_and_untouched(result, dest, before, "does not hold")
 
 
+def push(capsys, bundle: Path, registries: list[str], **extra) -> dict:
+    args = dict(
+        path=str(bundle),
+        repository="edgeml-bundles/digits",
+        version=f"1.0.0-unit.{uuid.uuid4().hex[:8]}",
+        registries=registries,
+        files=bundle_files(str(bundle), {}),
+        tls_verify=False,
+        **extra,
+    )
+    return {**models.run_module(model_bundle_push.main, args, capsys), "version": args["version"]}
+
+
+@pytest.fixture
+def pushed_tags(podman):
+    """Tags model_bundle_push leaves in this machine's podman storage: removed after the test."""
+    _client, tags = podman
+    return tags
+
+
+def test_push_sends_the_layer_uncompressed_to_every_registry_once_and_hosts_unpack_it(
+    bundle, pushed_tags, tmp_path, capsys
+):
+    """Two registries, one handing out tokens: each gets the bundle image with its one layer a
+    plain tar (no compression for the controller to do, none for a host to undo), the same
+    manifest everywhere, naming the image's ID; a host pulls the verified files from either by
+    digest. A second push sends nothing."""
+    sites = [OCIRegistry(), OCIRegistry(token="unit-token")]
+    result = push(capsys, bundle, [site.address for site in sites])
+    pushed_tags.append(f"localhost/edgeml-bundles/digits:{result['version']}")
+    assert not result.get("failed") and result["changed"] is True, result
+    assert sorted(result["pushed"]) == sorted(site.address for site in sites)
+    digests = {result["digests"][site.address] for site in sites}
+    assert len(digests) == 1, result["digests"]
+    (digest,) = digests
+    for site in sites:
+        manifest = json.loads(site.blobs[digest])
+        assert manifest["config"]["digest"] == result["image_id"]
+        assert [layer["mediaType"] for layer in manifest["layers"]] == [TAR_LAYER]
+        assert site.tags[f"edgeml-bundles/digits:{result['version']}"] == digest
+    files = bundle_files(str(bundle), {})
+    dest = tmp_path / "host" / "digits" / "1.0.0"
+    assert pull(capsys, sites[1], digest, dest, files)["changed"] is True
+    assert bundle_files(str(dest), {}) == files
+
+    sent = [len([r for r in site.requests if r.startswith(("POST", "PUT"))]) for site in sites]
+    again = models.run_module(
+        model_bundle_push.main,
+        dict(
+            path=str(bundle),
+            repository="edgeml-bundles/digits",
+            version=result["version"],
+            registries=[site.address for site in sites],
+            files=files,
+            tls_verify=False,
+        ),
+        capsys,
+    )
+    assert again["changed"] is False and again["pushed"] == [], again
+    assert [len([r for r in site.requests if r.startswith(("POST", "PUT"))]) for site in sites] == sent
+
+
+def test_a_registry_that_refuses_a_blob_is_named_and_holds_no_tag(bundle, pushed_tags, capsys, monkeypatch):
+    """The registry checks every blob against its digest: a blob sent with other bytes is
+    refused (400), the push fails naming the registry and the blob, and no tag points at an
+    image whose blobs the registry lacks."""
+    site = OCIRegistry()
+    sent = registry.RegistryClient.upload_blob
+
+    def corrupting(self, registry_address, repository, digest, path):
+        corrupted = path.parent / "corrupted"
+        corrupted.write_bytes(path.read_bytes() + b"x")
+        return sent(self, registry_address, repository, digest, corrupted)
+
+    monkeypatch.setattr(registry.RegistryClient, "upload_blob", corrupting)
+    result = push(capsys, bundle, [site.address])
+    pushed_tags.append(f"localhost/edgeml-bundles/digits:{result['version']}")
+    assert result.get("failed"), result
+    assert f"The registry {site.address} did not take the blob sha256:" in result["msg"], result["msg"]
+    assert "400" in result["msg"] and site.tags == {}
+
+
+def test_a_bundle_image_podman_pulled_before_is_pushed_as_the_same_plain_tar(bundle_image, pulled_images):
+    """podman keeps the manifest an image was pulled with (naming a gzip layer) and saves the
+    plain tar under it: the manifest pushed is written from the image itself, the same as for
+    an image never pulled (found on the lab, where hosts were told to gunzip a plain tar)."""
+    client, references = pulled_images
+    _files, saved = bundle_image
+    digest, blobs = saved[True]
+    image = json.loads(blobs[digest])["config"]["digest"]
+    target = ("edgeml-bundles/digits", "1.0.0")
+    before, after = OCIRegistry(), OCIRegistry()
+    registry.push_everywhere(client, registry.RegistryClient(tls_verify=False), image, [(before.address, *target)])
+    source = f"{OCIRegistry(blobs).address}/edgeml-bundles/digits@{digest}"
+    references.append(source)
+    client.run("pull", "--quiet", "--tls-verify=false", source)
+    registry.push_everywhere(client, registry.RegistryClient(tls_verify=False), image, [(after.address, *target)])
+    assert after.tags == before.tags, "the pull changed the manifest pushed"
+    layer = json.loads(after.blobs[after.tags[":".join(target)]])["layers"][0]
+    assert layer["mediaType"] == TAR_LAYER
+    with tarfile.open(fileobj=io.BytesIO(after.blobs[layer["digest"]]), mode="r|") as plain:
+        assert "bundle/model.json" in [member.name.removeprefix("./") for member in plain]
+
+
 def test_pushes_to_every_registry_end_before_their_failures_are_raised(bundle, podman, tmp_path):
     """Two pushes at once, both to a port nothing listens on: each runs, and the caller gets
-    one error naming both (podman's own message for each)."""
+    one error naming both."""
     client, tags = podman
     tag = f"localhost/edgeml-test-bundles/digits-{uuid.uuid4().hex[:8]}:1.0.0"
     tags.append(tag)
-    registry.build_bundle_image(client, str(bundle), bundle_files(str(bundle), {}), tag)
-    calls: list[tuple[str, ...]] = []
+    image = registry.build_bundle_image(client, str(bundle), bundle_files(str(bundle), {}), tag)
+    tried: list[str] = []
 
-    class Recording(type(client)):
-        def run(self, *args: str, check: bool = True) -> tuple[int, str, str]:
-            calls.append(args)
-            return super().run(*args, check=check)
+    class Recording(registry.RegistryClient):
+        def has_blob(self, registry_address: str, repository: str, digest: str) -> bool:
+            tried.append(repository)
+            return super().has_blob(registry_address, repository, digest)
 
-    targets = ["127.0.0.1:9/edgeml-bundles/digits:1.0.0", "127.0.0.1:9/edgeml-bundles/other:1.0.0"]
+    targets = [("127.0.0.1:9", "edgeml-bundles/digits", "1.0.0"), ("127.0.0.1:9", "edgeml-bundles/other", "1.0.0")]
     with pytest.raises(EdgeMLError, match=r"2 of 2 pushes failed") as failed:
-        registry.push_everywhere(Recording(), tag, targets, tls_verify=False)
-    assert all(f"docker://{target}" in str(failed.value) for target in targets), failed.value
-    assert sorted(call[-1] for call in calls) == [f"docker://{target}" for target in targets]
+        registry.push_everywhere(client, Recording(tls_verify=False), image, targets)
+    assert all(repository in str(failed.value) for _registry, repository, _tag in targets), failed.value
+    assert sorted(tried) == ["edgeml-bundles/digits", "edgeml-bundles/other"]
 
 
 def test_stage_makes_the_model_directory_roots_and_0755_whatever_the_umask(trust_dir, tmp_path, capsys):
