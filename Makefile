@@ -15,7 +15,7 @@ LAB_INVENTORY := inventories/lab/hosts.yml
 PROMETHEUS_TOOLS := $(CURDIR)/$(BUILD_DIR)/tools
 PYTEST := $(BIN)/python -m pytest
 # Extra pytest flags of the unit tests: `make check` runs them on two xdist workers
-# (UNIT_FLAGS="-n 2"); `make unit` and `make test` run them in one process.
+# (UNIT_FLAGS="-n 2", as `make test` does too); `make unit` alone runs them in one process.
 UNIT_FLAGS ?=
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
