@@ -37,7 +37,7 @@ import shutil
 import tarfile
 import tempfile
 import typing as t
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from ansible.module_utils.urls import open_url
 from ansible_collections.edgeml.fleet.plugins.module_utils._bundle_format import file_differences
@@ -140,13 +140,9 @@ class RegistryClient:
         body: bytes | pathlib.Path | None = None,
     ) -> t.Any:
         sent = dict(headers or {})
-        if registry in self.authorization:
+        url = path if path.startswith(("http://", "https://")) else f"{self.base(registry)}/v2/{path}"
+        if registry in self.authorization and urlsplit(url).netloc == registry:  # never to another host
             sent["Authorization"] = self.authorization[registry]
-        base = f"{'https' if self.tls_verify else 'http'}://{registry}"
-        if path.startswith(("http://", "https://")):
-            url = path
-        else:
-            url = f"{base}{path}" if path.startswith("/") else f"{base}/v2/{path}"
         data = None
         if isinstance(body, pathlib.Path):
             sent["Content-Length"] = str(body.stat().st_size)
@@ -169,6 +165,9 @@ class RegistryClient:
         finally:
             if isinstance(body, pathlib.Path):
                 data.close()
+
+    def base(self, registry: str) -> str:
+        return f"{'https' if self.tls_verify else 'http'}://{registry}"
 
     def authorize(self, registry: str, challenge: str, path: str, actions: str = "pull") -> str:
         """The Authorization header the registry's 401 CHALLENGE asks for (a token for ACTIONS
@@ -262,13 +261,16 @@ class RegistryClient:
         if self.has_blob(registry, repository, digest):
             return False
         try:
-            started = self.request("POST", registry, f"{repository}/blobs/uploads/", body=b"")
+            uploads = f"{repository}/blobs/uploads/"
+            started = self.request("POST", registry, uploads, body=b"")
             location = started.headers.get("Location", "")
             if not location:
                 raise EdgeMLError(
                     f"The registry {registry} started an upload to {repository} without saying where to send it.",
                     "Check that the address is a container registry (distribution spec).",
                 )
+            # Absolute, or relative to the request (the spec allows both).
+            location = urljoin(f"{self.base(registry)}/v2/{uploads}", location)
             query = urlencode({"digest": digest})
             separator = "&" if "?" in location else "?"
             headers = {"Content-Type": "application/octet-stream"}
@@ -283,13 +285,23 @@ class RegistryClient:
         """Tag BODY (a manifest whose blobs the registry holds) as REPOSITORY:TAG."""
         try:
             self.request("PUT", registry, f"{repository}/manifests/{tag}", {"Content-Type": media_type}, body).read()
+        except EdgeMLError:
+            raise
         except Exception as error:
             raise self.refused(registry, f"the manifest of {repository}:{tag}", error) from None
 
     @staticmethod
     def refused(registry: str, what: str, error: Exception) -> EdgeMLError:
+        """The error for a request the registry refused, with the codes it gave (DIGEST_INVALID,
+        MANIFEST_BLOB_UNKNOWN, DENIED...) when its answer has them."""
+        codes = ""
+        try:
+            answer = json.loads(error.read() or b"{}") if hasattr(error, "read") else {}
+            codes = ", ".join(str(entry.get("code")) for entry in answer.get("errors", []) if isinstance(entry, dict))
+        except Exception:  # an answer that is not the spec's error body: the status says enough
+            codes = ""
         return EdgeMLError(
-            f"The registry {registry} did not take {what}: {error}.",
+            f"The registry {registry} did not take {what}: {error}{f' ({codes})' if codes else ''}.",
             "Check that the registry is reachable from here and accepts pushes, and the credentials "
             f"podman keeps for it (podman login {registry}).",
         )
@@ -450,7 +462,12 @@ def push_everywhere(
                 registry_client.upload_blob(registry, repository, digest, layout_blob(layout, digest))
             registry_client.put_manifest(registry, repository, tag, manifest, media_type)
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(PUSH_WORKERS, len(targets))) as pool:
+        # Ansible's open_url installs its opener for the whole process before it opens: pushes
+        # in threads could use each other's CA. Registries with CA files of their own
+        # (/etc/containers/certs.d) are pushed to one at a time.
+        cas = {registry_ca(registry) for registry, _repository, _tag in targets}
+        workers = 1 if registry_client.tls_verify and len(cas) > 1 else min(PUSH_WORKERS, len(targets))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             pushes = [pool.submit(push, *target) for target in targets]
     failures = [push.exception() for push in pushes if push.exception() is not None]
     if len(failures) == 1:
@@ -468,31 +485,38 @@ def layout_blob(layout: str, digest: str) -> pathlib.Path:
 
 def read_layout(layout: str, image: str) -> tuple[bytes, str, list[str]]:
     """(manifest, its media type, its blobs' digests: layers, then config) for the one image
-    podman saved into the OCI layout LAYOUT, which must be IMAGE (config digest = image ID).
+    podman saved into the OCI layout LAYOUT, which must be IMAGE (config digest = image ID)
+    with plain tar layers (``podman save --uncompressed``).
 
     The manifest is written here, not taken from the layout: podman saves the manifest an image
     was pulled with, which names a gzip layer even when the blob saved is the plain tar. A layer
     whose digest is its diff ID (the plain tar's, from the config) is a plain tar; the same
     image always makes the same manifest, however it came into podman's storage."""
-    with open(os.path.join(layout, "index.json"), encoding="utf-8") as handle:
-        entry = json.load(handle)["manifests"][0]
-    saved = json.loads(layout_blob(layout, entry["digest"]).read_bytes())
-    if saved["config"]["digest"] != image:
+    try:
+        with open(os.path.join(layout, "index.json"), encoding="utf-8") as handle:
+            entry = json.load(handle)["manifests"][0]
+        saved = json.loads(layout_blob(layout, entry["digest"]).read_bytes())
+        config = json.loads(layout_blob(layout, image).read_bytes())
+        saved_layers = [(layer["digest"], int(layer["size"])) for layer in saved["layers"]]
+        diff_ids = list(config["rootfs"]["diff_ids"])
+        config_size = int(saved["config"]["size"])
+        saved_image = saved["config"]["digest"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
         raise EdgeMLError(
-            f"podman saved another image than {image}: {saved['config']['digest']}.",
-            "Check podman's storage on this host.",
+            f"podman saved {image} as an OCI layout this module cannot read: {error!r}.",
+            "Check podman's storage and the free space of the temporary directory, then run again.",
+        ) from None
+    if saved_image != image or [digest for digest, _size in saved_layers] != diff_ids:
+        raise EdgeMLError(
+            f"podman saved {saved_image} for {image}, or not as plain tar layers.",
+            f"Remove the image from this machine's podman storage (podman rmi {image.removeprefix('sha256:')}) "
+            "and run again: it is rebuilt from the bundle.",
         )
-    config = json.loads(layout_blob(layout, image).read_bytes())
-    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-    layers = []
-    for index, layer in enumerate(saved["layers"]):
-        plain = index < len(diff_ids) and layer["digest"] == diff_ids[index]
-        media_type = TAR_LAYER if plain else layer["mediaType"]
-        layers.append({"mediaType": media_type, "digest": layer["digest"], "size": layer["size"]})
+    layers = [{"mediaType": TAR_LAYER, "digest": digest, "size": size} for digest, size in saved_layers]
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": image, "size": saved["config"]["size"]},
+        "config": {"mediaType": OCI_CONFIG, "digest": image, "size": config_size},
         "layers": layers,
     }
     body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()

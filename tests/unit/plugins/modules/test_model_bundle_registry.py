@@ -129,14 +129,20 @@ def test_pull_in_check_mode_says_what_differs_and_changes_nothing(bundle, capsys
 
 class OCIRegistry:
     """The distribution API's pull and push on BLOBS (digest -> bytes): GET and HEAD of
-    manifests (by digest or tag) and blobs; an upload started with POST and finished with one
-    PUT, refused unless the bytes hash to its digest (as a registry does); a manifest PUT
-    under a tag. TOKEN, when set, must come as a Bearer token got from /token."""
+    manifests (by digest or tag) and blobs; an upload started with POST (answered with an
+    absolute Location, or a RELATIVE one) and finished with one PUT, refused unless the bytes
+    hash to its digest; a manifest PUT under a tag, refused unless the registry holds every
+    blob it names and its Content-Type is its mediaType (as the reference registry does).
+    TOKEN, when set: a Bearer token from /token, for the scope asked there (a challenge names
+    none); POST and PUT need one whose scope has push."""
 
-    def __init__(self, blobs: dict[str, bytes] | None = None, token: str | None = None) -> None:
+    def __init__(
+        self, blobs: dict[str, bytes] | None = None, token: str | None = None, relative: bool = False
+    ) -> None:
         self.blobs = dict(blobs or {})
         self.tags: dict[str, str] = {}  # REPOSITORY:TAG -> manifest digest
         self.token = token
+        self.relative = relative
         self.requests: list[str] = []
         registry = self
 
@@ -151,18 +157,20 @@ class OCIRegistry:
 
             def do_POST(self):
                 registry.requests.append(f"POST {self.path}")
-                if not self.authorized():
-                    return None
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                # An absolute Location with a query of its own, as the reference registry answers.
-                upload = f"http://{registry.address}{self.path}{uuid.uuid4().hex}?_state=unit"
-                return self.answer(202, b"", {"Location": upload})
+                if not self.authorized(push=True):
+                    return None
+                # With a query of its own, as the reference registry answers; absolute as it
+                # does, or relative to the request.
+                upload = f"{uuid.uuid4().hex}?_state=unit"
+                location = upload if registry.relative else f"http://{registry.address}{self.path}{upload}"
+                return self.answer(202, b"", {"Location": location})
 
             def do_PUT(self):
                 registry.requests.append(f"PUT {self.path}")
-                if not self.authorized():
-                    return None
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if not self.authorized(push=True):
+                    return None
                 path, _sep, query = self.path.partition("?")
                 if "/blobs/uploads/" in path:
                     digest = urllib.parse.parse_qs(query)["digest"][0]
@@ -171,6 +179,12 @@ class OCIRegistry:
                     registry.blobs[digest] = body
                     return self.answer(201, b"", {"Docker-Content-Digest": digest})
                 repository, _sep, tag = path.removeprefix("/v2/").partition("/manifests/")
+                manifest = json.loads(body)
+                named = [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest["layers"]]
+                if any(digest not in registry.blobs for digest in named):
+                    return self.answer(400, b'{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN"}]}')
+                if self.headers.get("Content-Type") != manifest.get("mediaType"):
+                    return self.answer(400, b'{"errors":[{"code":"MANIFEST_INVALID"}]}')
                 registry.blobs[sha256_of(body)] = body
                 registry.tags[f"{repository}:{tag}"] = sha256_of(body)
                 return self.answer(201, b"", {"Docker-Content-Digest": sha256_of(body)})
@@ -179,7 +193,8 @@ class OCIRegistry:
                 if self.path == "/v2/":  # the API check a podman pull starts with
                     return self.answer(200, b"{}")
                 if self.path.startswith("/token"):
-                    return self.answer(200, json.dumps({"token": registry.token}).encode())
+                    scope = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["scope"][0]
+                    return self.answer(200, json.dumps({"token": f"{registry.token} {scope}"}).encode())
                 if not self.authorized():
                     return None
                 repository, _sep, reference = self.path.removeprefix("/v2/").rpartition("/")
@@ -192,8 +207,10 @@ class OCIRegistry:
                     headers["Content-Type"] = "application/vnd.oci.image.manifest.v1+json"
                 return self.answer(200, registry.blobs[digest], headers, with_body)
 
-            def authorized(self) -> bool:
-                if registry.token and self.headers.get("Authorization") != f"Bearer {registry.token}":
+            def authorized(self, push: bool = False) -> bool:
+                given, prefix = self.headers.get("Authorization") or "", f"Bearer {registry.token} "
+                scope = given[len(prefix):] if given.startswith(prefix) else ""
+                if registry.token and (not scope or (push and not scope.endswith(":pull,push"))):
                     realm = f"http://{registry.address}/token"
                     self.answer(401, b"{}", {"WWW-Authenticate": f'Bearer realm="{realm}",service="unit"'})
                     return False
@@ -531,11 +548,12 @@ def pushed_tags(podman):
 def test_push_sends_the_layer_uncompressed_to_every_registry_once_and_hosts_unpack_it(
     bundle, pushed_tags, tmp_path, capsys
 ):
-    """Two registries, one handing out tokens: each gets the bundle image with its one layer a
+    """Two registries, one answering uploads with relative Locations, one handing out tokens
+    per scope (a pull token does not push): each gets the bundle image with its one layer a
     plain tar (no compression for the controller to do, none for a host to undo), the same
     manifest everywhere, naming the image's ID; a host pulls the verified files from either by
     digest. A second push sends nothing."""
-    sites = [OCIRegistry(), OCIRegistry(token="unit-token")]
+    sites = [OCIRegistry(relative=True), OCIRegistry(token="unit-token")]
     result = push(capsys, bundle, [site.address for site in sites])
     pushed_tags.append(f"localhost/edgeml-bundles/digits:{result['version']}")
     assert not result.get("failed") and result["changed"] is True, result
@@ -552,6 +570,9 @@ def test_push_sends_the_layer_uncompressed_to_every_registry_once_and_hosts_unpa
     dest = tmp_path / "host" / "digits" / "1.0.0"
     assert pull(capsys, sites[1], digest, dest, files)["changed"] is True
     assert bundle_files(str(dest), {}) == files
+    asked = [path for path in sites[1].requests if path.startswith("/token?")]
+    token_scopes = [urllib.parse.unquote(path.split("scope=", 1)[1]) for path in asked]
+    assert "repository:edgeml-bundles/digits:pull,push" in token_scopes, token_scopes
 
     sent = [len([r for r in site.requests if r.startswith(("POST", "PUT"))]) for site in sites]
     again = models.run_module(
@@ -587,7 +608,22 @@ def test_a_registry_that_refuses_a_blob_is_named_and_holds_no_tag(bundle, pushed
     pushed_tags.append(f"localhost/edgeml-bundles/digits:{result['version']}")
     assert result.get("failed"), result
     assert f"The registry {site.address} did not take the blob sha256:" in result["msg"], result["msg"]
-    assert "400" in result["msg"] and site.tags == {}
+    assert "400" in result["msg"] and "(DIGEST_INVALID)" in result["msg"] and site.tags == {}
+
+
+def test_a_layout_podman_saved_with_a_compressed_layer_is_refused_with_what_to_do(bundle_image, podman, tmp_path):
+    """read_layout builds the manifest for plain tar layers only: a layout whose layer is not
+    its diff ID (here podman's gzip) is refused, saying how to get a plain one."""
+    client, _tags = podman
+    _files, saved = bundle_image
+    digest, blobs = saved[True]
+    image = json.loads(blobs[digest])["config"]["digest"]
+    client.run("save", "--format", "oci-dir", "-o", str(tmp_path / "gzip"), image.removeprefix("sha256:"))
+    with pytest.raises(EdgeMLError, match=r"or not as plain tar layers") as refused:
+        registry.read_layout(str(tmp_path / "gzip"), image)
+    assert f"podman rmi {image.removeprefix('sha256:')}" in refused.value.hint
+    with pytest.raises(EdgeMLError, match=r"cannot read"):
+        registry.read_layout(str(tmp_path / "nothing"), image)
 
 
 def test_a_bundle_image_podman_pulled_before_is_pushed_as_the_same_plain_tar(bundle_image, pulled_images):
