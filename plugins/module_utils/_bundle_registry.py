@@ -455,12 +455,12 @@ def push_everywhere(
         layout = os.path.join(work, "layout")
         image_id = image.removeprefix("sha256:")
         podman.run("save", "--quiet", "--format", "oci-dir", "--uncompressed", "-o", layout, image_id)
-        manifest, media_type, blobs = read_layout(layout, image)
+        manifest, blobs = read_layout(layout, image)
 
         def push(registry: str, repository: str, tag: str) -> None:
             for digest in blobs:
                 registry_client.upload_blob(registry, repository, digest, layout_blob(layout, digest))
-            registry_client.put_manifest(registry, repository, tag, manifest, media_type)
+            registry_client.put_manifest(registry, repository, tag, manifest, OCI_MANIFEST)
 
         # Ansible's open_url installs its opener for the whole process before it opens: pushes
         # in threads could use each other's CA. Registries with CA files of their own
@@ -483,8 +483,8 @@ def layout_blob(layout: str, digest: str) -> pathlib.Path:
     return pathlib.Path(layout, "blobs", *digest.split(":", 1))
 
 
-def read_layout(layout: str, image: str) -> tuple[bytes, str, list[str]]:
-    """(manifest, its media type, its blobs' digests: layers, then config) for the one image
+def read_layout(layout: str, image: str) -> tuple[bytes, list[str]]:
+    """(an OCI image manifest, its blobs' digests: layers, then config) for the one image
     podman saved into the OCI layout LAYOUT, which must be IMAGE (config digest = image ID)
     with plain tar layers (``podman save --uncompressed``).
 
@@ -520,7 +520,7 @@ def read_layout(layout: str, image: str) -> tuple[bytes, str, list[str]]:
         "layers": layers,
     }
     body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
-    return body, OCI_MANIFEST, [layer["digest"] for layer in layers] + [image]
+    return body, [layer["digest"] for layer in layers] + [image]
 
 
 def require_same_image(registry: str, reference: str, found: tuple[str, dict[str, t.Any]], image: str) -> None:

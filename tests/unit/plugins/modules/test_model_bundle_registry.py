@@ -525,11 +525,12 @@ def test_stage_records_where_a_refused_bundle_stopped_it(bundle_image, trust_dir
     refused_and_untouched(result, dest, before, "does not hold")
 
 
-def push(capsys, bundle: Path, registries: list[str], **extra) -> dict:
+def push(capsys, bundle: Path, registries: list[str], version: str | None = None, **extra) -> dict:
+    """model_bundle_push of BUNDLE to REGISTRIES under VERSION (a new one when not given)."""
     args = dict(
         path=str(bundle),
         repository="edgeml-bundles/digits",
-        version=f"1.0.0-unit.{uuid.uuid4().hex[:8]}",
+        version=version or f"1.0.0-unit.{uuid.uuid4().hex[:8]}",
         registries=registries,
         files=bundle_files(str(bundle), {}),
         tls_verify=False,
@@ -575,18 +576,7 @@ def test_push_sends_the_layer_uncompressed_to_every_registry_once_and_hosts_unpa
     assert "repository:edgeml-bundles/digits:pull,push" in token_scopes, token_scopes
 
     sent = [len([r for r in site.requests if r.startswith(("POST", "PUT"))]) for site in sites]
-    again = models.run_module(
-        model_bundle_push.main,
-        dict(
-            path=str(bundle),
-            repository="edgeml-bundles/digits",
-            version=result["version"],
-            registries=[site.address for site in sites],
-            files=files,
-            tls_verify=False,
-        ),
-        capsys,
-    )
+    again = push(capsys, bundle, [site.address for site in sites], version=result["version"])
     assert again["changed"] is False and again["pushed"] == [], again
     assert [len([r for r in site.requests if r.startswith(("POST", "PUT"))]) for site in sites] == sent
 
