@@ -255,6 +255,12 @@ def test_quadlet_health_command_ends_without_quote():
     assert argv[-1] == "http://127.0.0.1:8091/v2/models/digits/ready"
 
 
+def test_quadlet_health_check_runs_often_while_the_slot_starts_then_seldom():
+    container = dict(line.split("=", 1) for line in quadlet()["Container"] if line.startswith("Health"))
+    assert container["HealthStartupCmd"] == container["HealthCmd"]
+    assert (container["HealthStartupInterval"], container["HealthInterval"]) == ("10s", "60s")
+
+
 def test_quadlet_is_model_deployments_blue_slot():
     """The baked-in server is slot blue as edgeml.fleet.model_deployment renders it: the
     first deployment starts green beside it (SO_REUSEPORT on the public port, its own
