@@ -75,7 +75,8 @@ LAB_LOCK := flock /tmp/edgeml-lab.lock
 lab-up: setup ## Bring the local lab fleet up (idempotent)
 	$(LAB_LOCK) ansible-playbook playbooks/lab_up.yml
 
-lab-down: setup ## Remove every container, volume, network and image the lab made
+lab-down: setup ## Remove every container, volume, network and image the lab (and the e2e layer's second lab) made
+	$(LAB_LOCK) ansible-playbook playbooks/lab_down.yml -e '$(SECOND_LAB_SETTINGS)'
 	$(LAB_LOCK) ansible-playbook playbooks/lab_down.yml
 
 survey: setup ## Print host, OS, podman version, site and ring of every lab host
@@ -157,11 +158,16 @@ unit: setup ## Unit tests (no lab needed)
 server-test: setup ## Model server tests (real onnxruntime and HTTP on 127.0.0.1)
 	$(PYTEST) -c server/pytest.ini server/tests
 
+# integration and e2e: two pytest-xdist workers, each on a lab of its own (tests/labtools.py:
+# LAB), a test file at a time; the scenarios wait on SSH round trips, gates and soak windows
+# more than on the CPU. Worker gw1 brings the second lab up; `make lab-down` takes both down.
+SECOND_LAB_SETTINGS = $(shell cd tests && $(BIN)/python -c 'import json, labtools; print(json.dumps(labtools.SECOND_LAB.settings()))' 2>/dev/null)
+
 # test_lab_play.py brings up a lab of its own: `make test` runs it in the background lane
 # (lab-play-test), beside the e2e scenarios, not on the foreground lane's critical path.
 # models first: lab-up installs the example signing key the bundles are signed with.
 integration: models lab-up ## Integration tests on the lab fleet (testinfra over SSH)
-	$(PYTEST) -m lab tests/integration --ignore=tests/integration/test_lab_play.py
+	EDGEML_TEST_LABS=2 $(PYTEST) -m lab -n 2 --dist loadfile tests/integration --ignore=tests/integration/test_lab_play.py
 
 lab-play-test: setup ## The lab role on a lab of its own: up, idempotent, killed processes, down
 	$(PYTEST) -m lab tests/integration/test_lab_play.py
@@ -172,8 +178,13 @@ molecule: setup ## Molecule scenario of edge_host on Debian 12 and 13
 	ansible-playbook playbooks/lab_images.yml -e lab_debian_suite=trixie
 	molecule test -s edge_host
 
-e2e: models lab-up ## End-to-end rollout scenarios on the lab fleet
-	$(PYTEST) -m lab --durations=40 tests/e2e
+# The monitoring loop runs after the others, alone: once, while the other worker stopped and
+# started lab hosts, its ansible-rulebook (alive) stopped accepting Alertmanager's webhook
+# (connection refused) and the rollback it tests never came (2026-12-07; cause not found).
+e2e: models lab-up ## End-to-end rollout scenarios on the lab fleet (and a second lab beside it)
+	EDGEML_TEST_LABS=2 $(PYTEST) -m lab -n 2 --dist loadfile --durations=40 tests/e2e \
+	  --ignore=tests/e2e/test_monitoring_loop.py
+	$(PYTEST) -m lab --durations=10 tests/e2e/test_monitoring_loop.py
 
 # Its own lab (edgeml-aap), so that it can run beside the e2e scenarios.
 aap-test: setup models ## Job templates and the release workflow through ansible-runner in the lab EE

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from labtools import ROOT, playbook_fact, run_playbook
+from labtools import LAB, ROOT, playbook_fact, run_playbook
 
 
 @pytest.fixture(scope="session")
@@ -18,15 +18,15 @@ def model_bundles() -> Path:
 
 @pytest.fixture(scope="session")
 def server_image(tmp_path_factory) -> dict:
-    """The model server image, built by its role, pushed to the lab registry and archived."""
+    """The model server image, built by its role, pushed to the lab's registry and archived."""
     archive = tmp_path_factory.mktemp("image") / "edgeml-model-server.oci.tar"
     settings = {
-        "model_server_image_push_registry": "127.0.0.1:5000",
+        "model_server_image_push_registry": LAB.registry,
         "model_server_image_push_tls_verify": False,
         "model_server_image_archive": str(archive),
     }
     report = run_playbook("build_server_image.yml", "-e", json.dumps(settings))
     built = playbook_fact(report, "model_server_image_result")
     built["archive"] = archive
-    built["registry_ref"] = "edgeml-lab-registry:5000/edgeml-model-server:" + built["image"].rsplit(":", 1)[1]
+    built["registry_ref"] = f"{LAB.registry_on_lab_network}/edgeml-model-server:" + built["image"].rsplit(":", 1)[1]
     return built

@@ -16,7 +16,7 @@ from fleetops import (
     outcomes,
     serving_versions,
 )
-from labtools import BIN, LAB_INVENTORY, podman
+from labtools import ARTIFACT_LOCK, BIN, LAB, LAB_INVENTORY, locked, podman, require_lab
 
 
 def pytest_collection_modifyitems(items):
@@ -24,9 +24,11 @@ def pytest_collection_modifyitems(items):
         item.add_marker(pytest.mark.lab)
 
 
+# `make e2e` runs the scenarios on two pytest-xdist workers, each on its own lab
+# (tests/labtools.py: LAB), a file at a time (--dist loadfile): a file's scenarios build on
+# each other's fleet state (and its registries), as they do when run alone.
 def pytest_sessionstart(session):
-    if not LAB_INVENTORY.is_file():
-        pytest.exit(f"no lab inventory at {LAB_INVENTORY}: bring the lab up first (make lab-up)", returncode=1)
+    require_lab()
 
 
 @pytest.fixture(scope="session")
@@ -68,12 +70,13 @@ def load(fleet, model_bundles):
 
 
 def _image_variant(server_image: dict, tag: str, containerfile_tail: str, tmp_path_factory) -> dict:
-    """A variant of the model server image, built FROM it and pushed to the lab registry."""
+    """A variant of the model server image, built FROM it and pushed to the lab's registry."""
     context = tmp_path_factory.mktemp(f"image-{tag}")
     (context / "Containerfile").write_text(f"FROM {server_image['image']}\n{containerfile_tail}\n")
     name = f"localhost/edgeml-model-server:{tag}"
-    podman("build", "--format", "docker", "-t", name, str(context))
-    podman("push", "--tls-verify=false", name, f"127.0.0.1:5000/edgeml-model-server:{tag}")
+    with locked(ARTIFACT_LOCK):  # the other e2e worker builds the same name
+        podman("build", "--format", "docker", "-t", name, str(context))
+        podman("push", "--tls-verify=false", name, f"{LAB.registry}/edgeml-model-server:{tag}")
     return {"model_deployment_image": name}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
-from labtools import BIN, LAB_INVENTORY, MODEL, ROOT, podman, run_playbook, serving_versions
+from labtools import BIN, LAB, LAB_INVENTORY, MODEL, ROOT, podman, run_playbook, serving_versions
 
 # `ansible -o` output is parsed: never coloured, whatever the caller's terminal settings.
 ANSIBLE_PLAIN = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
@@ -68,7 +68,7 @@ def deploy(version: str, **extra) -> dict:
 
 
 def latest_report() -> dict:
-    reports = sorted((ROOT / ".build" / "reports").glob("rollout-*.json"))
+    reports = sorted(LAB.report_dir.glob("rollout-*.json"))
     return json.loads(reports[-1].read_text())
 
 
@@ -267,12 +267,12 @@ def assert_every_answer_right(load: LoadGenerator) -> None:
 
 
 def stop_host(host: str) -> None:
-    podman("stop", "--time", "5", f"edgeml-lab-{host}")
+    podman("stop", "--time", "5", LAB.container(host))
 
 
 def start_host(host: str, fleet: dict[str, str]) -> None:
     """Start a stopped lab host and wait until it serves again (its unit starts at boot)."""
-    podman("start", f"edgeml-lab-{host}")
+    podman("start", LAB.container(host))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if serving_versions({host: fleet[host]})[host]:
@@ -359,11 +359,11 @@ DEFAULT_IMAGE = "localhost/edgeml-model-server:0.1.0"  # the role's default, bui
 
 
 def registry_digest(image: str) -> str:
-    """The digest the lab registry serves for a local image name's tag (as the role pins it)."""
+    """The digest the lab's registry serves for a local image name's tag (as the role pins it)."""
     tag = image.rpartition(":")[2]
     accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
     answer = requests.head(
-        f"http://127.0.0.1:5000/v2/edgeml-model-server/manifests/{tag}", headers={"Accept": accept}, timeout=10
+        f"http://{LAB.registry}/v2/edgeml-model-server/manifests/{tag}", headers={"Accept": accept}, timeout=10
     )
     answer.raise_for_status()
     return answer.headers["Docker-Content-Digest"]

@@ -16,12 +16,12 @@ import time
 import pytest
 import requests
 from fleetops import ALL_AT_ONCE, DEPLOY_SETTINGS, assert_every_answer_right, latest_report, outcomes, serving_versions
-from labtools import BIN, LAB_INVENTORY, MODEL, podman, run_playbook
+from labtools import BIN, LAB, LAB_INVENTORY, MODEL, podman, run_playbook
 
-SITE_B_CONTAINER = "edgeml-lab-registry-site-b"  # labelled as the lab's: lab_down removes it too
-SITE_B_PORT = 5098
+SITE_B_CONTAINER = LAB.container("registry-site-b")  # labelled as the lab's: lab_down removes it too
+SITE_B_PORT = LAB.spare_registry_port
 REPOSITORY = f"edgeml-bundles/{MODEL}"
-REGISTRY_IMAGE = "localhost/edgeml-lab-registry:latest"
+REGISTRY_IMAGE = f"localhost/{LAB.name}-registry:latest"
 MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
 
 
@@ -30,8 +30,8 @@ def site_registries(lab_vars, tmp_path_factory) -> dict:
     """site -> registry as the controller reaches it; the inventory that gives each site its own."""
     subprocess.run(["podman", "rm", "--force", "--ignore", SITE_B_CONTAINER], check=True, capture_output=True)
     podman(
-        "run", "--detach", "--name", SITE_B_CONTAINER, "--network", "edgeml-lab",
-        "--label", "io.edgeml.lab=edgeml-lab", "--publish", f"127.0.0.1:{SITE_B_PORT}:5000", REGISTRY_IMAGE,
+        "run", "--detach", "--name", SITE_B_CONTAINER, "--network", LAB.name,
+        "--label", f"io.edgeml.lab={LAB.name}", "--publish", f"127.0.0.1:{SITE_B_PORT}:5000", REGISTRY_IMAGE,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while True:
@@ -42,10 +42,10 @@ def site_registries(lab_vars, tmp_path_factory) -> dict:
             pass
         assert time.monotonic() < deadline, podman("logs", "--tail", "20", SITE_B_CONTAINER)
         time.sleep(0.5)
-    forget_bundles("127.0.0.1:5000")
+    forget_bundles(LAB.registry)
     overlay = tmp_path_factory.mktemp("site-registries") / "site-registries.yml"
     registries = {
-        "site_a": ("edgeml-lab-registry:5000", "127.0.0.1:5000"),
+        "site_a": (LAB.registry_on_lab_network, LAB.registry),
         "site_b": (f"{SITE_B_CONTAINER}:5000", f"127.0.0.1:{SITE_B_PORT}"),
     }
     groups = {
@@ -107,7 +107,7 @@ def held(registry: str, version: str, repository: str = REPOSITORY) -> tuple[str
 
 def address_on_lab_network(host: str) -> str:
     return podman(
-        "inspect", "--format", '{{(index .NetworkSettings.Networks "edgeml-lab").IPAddress}}', f"edgeml-lab-{host}"
+        "inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{LAB.name}").IPAddress}}}}', LAB.container(host)
     ).strip()
 
 
@@ -136,7 +136,7 @@ def test_a_release_reaches_every_host_from_its_own_site_registry_by_digest(fleet
     assert None not in images.values(), images
     assert len({config for _digest, config in images.values()}) == 1, images
     # Each host pulled by digest from its own site's registry, not from the other one.
-    containers = {"site_a": "edgeml-lab-registry", "site_b": SITE_B_CONTAINER}
+    containers = {"site_a": LAB.container("registry"), "site_b": SITE_B_CONTAINER}
     for host, site in site_registries["sites"].items():
         address = address_on_lab_network(host)
         digest = images[site][0]
@@ -156,8 +156,8 @@ def test_a_tag_moved_to_other_content_is_refused_before_anything_changes(fleet, 
     nothing is pushed to site_a's registry either."""
     fleet_on("3.0.0")
     moved = f"localhost/{REPOSITORY}:moved"
-    podman("pull", "--tls-verify=false", f"127.0.0.1:5000/{REPOSITORY}:3.0.0")
-    podman("tag", f"127.0.0.1:5000/{REPOSITORY}:3.0.0", moved)
+    podman("pull", "--tls-verify=false", f"{LAB.registry}/{REPOSITORY}:3.0.0")
+    podman("tag", f"{LAB.registry}/{REPOSITORY}:3.0.0", moved)
     registry_b = site_registries["registries"]["site_b"]
     podman("push", "--tls-verify=false", moved, f"{registry_b}/{REPOSITORY}:4.0.0")
     before = held(registry_b, "4.0.0")
@@ -245,7 +245,7 @@ def test_a_release_carried_to_an_air_gapped_site_deploys_from_its_registry(  # n
     bundle_digest = held(registry_b, "1.0.0")[0]
     for host in site_b_hosts:
         assert address_on_lab_network(host) in pulled_by(SITE_B_CONTAINER, bundle_digest), host
-        running = podman("exec", f"edgeml-lab-{host}", "podman", "ps", "--filter", f"name=edgeml-{MODEL}",
+        running = podman("exec", LAB.container(host), "podman", "ps", "--filter", f"name=edgeml-{MODEL}",
                          "--format", "{{.Image}}").split()  # fmt: skip
         assert running == [server_ref], (host, running)
     assert_every_answer_right(traffic)

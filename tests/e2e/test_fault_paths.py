@@ -34,14 +34,14 @@ from fleetops import (
     serving_versions,
     wait_until_serving,
 )
-from labtools import podman, run_playbook
+from labtools import LAB, LAB_INVENTORY, podman, run_playbook
 
 STATE_DIR = "/var/lib/edgeml/state"
 HOST = "edge-4"  # wave2: the last ring, so a rollout limited to it is a plain one-host rollout
 
 
 def in_host(host: str, *command: str) -> str:
-    return podman("exec", f"edgeml-lab-{host}", *command)
+    return podman("exec", LAB.container(host), *command)
 
 
 def test_a_read_only_state_directory_refuses_the_deployment_before_anything_changes(fleet, fleet_on, load):
@@ -108,7 +108,7 @@ def test_a_server_killed_in_the_live_window_is_switched_back_and_the_reason_reco
 
 def _registry_answers() -> bool:
     try:
-        return requests.get("http://127.0.0.1:5000/v2/", timeout=2).status_code == 200
+        return requests.get(f"http://{LAB.registry}/v2/", timeout=2).status_code == 200
     except requests.RequestException:
         return False
 
@@ -117,18 +117,20 @@ def test_a_rollback_needs_no_registry(fleet, fleet_on, load):
     fleet_on("1.0.0")
     fleet_on("3.0.0")
     settings = {"model_deployment_registry_tls_verify": False, "model_deployment_gates": GATES}
-    podman("stop", "--time", "2", "edgeml-lab-registry")
+    podman("stop", "--time", "2", LAB.container("registry"))
     try:
         assert not _registry_answers()
         with load(rolling_out="1.0.0") as traffic:
             report = run_playbook(
                 "rollback.yml",
+                "-i",
+                str(LAB_INVENTORY),
                 "-e",
                 json.dumps({**settings, "rollback_to": "1.0.0", "rollback_hosts": HOST}),
                 check=False,
             )
     finally:
-        podman("start", "edgeml-lab-registry")
+        podman("start", LAB.container("registry"))
         deadline = time.monotonic() + 60
         while not _registry_answers() and time.monotonic() < deadline:
             time.sleep(0.5)

@@ -36,7 +36,7 @@ import pytest
 import requests
 import yaml
 from fleetops import ALL_AT_ONCE, deploy, deploy_args, latest_report, outcomes, serving_versions, wait_until_serving
-from labtools import BIN, LAB_INVENTORY, MODEL, ROOT, podman, run_playbook
+from labtools import BIN, LAB, LAB_INVENTORY, MODEL, ROOT, podman, run_playbook
 
 # The lab's scrape and evaluation intervals, set by the test (short, so the test is).
 FAST = {
@@ -69,7 +69,7 @@ class Rulebook:
     (where the monitoring host's Alertmanager reaches the controller)."""
 
     def __init__(self, work: Path, pause_file: Path) -> None:
-        gateway = podman("network", "inspect", "edgeml-lab", "--format", "{{range .Subnets}}{{.Gateway}}{{end}}")
+        gateway = podman("network", "inspect", LAB.name, "--format", "{{range .Subnets}}{{.Gateway}}{{end}}")
         self.address = gateway.strip()
         self.port = _free_port()
         self.url = f"http://{self.address}:{self.port}/endpoint"
@@ -79,7 +79,7 @@ class Rulebook:
             "edgeml_webhook_port": self.port,
             "edgeml_rollback_playbook": str(ROOT / "playbooks" / "rollback.yml"),
             "edgeml_pause_playbook": str(ROOT / "playbooks" / "pause_rollouts.yml"),
-            "edgeml_report_dir": str(ROOT / ".build" / "reports"),
+            "edgeml_report_dir": str(LAB.report_dir),
             "edgeml_pause_file": str(pause_file),
         }))
         java = shutil.which("java")
@@ -281,7 +281,7 @@ def monitoring(fleet, lab_vars, rulebook) -> Monitoring:
 
 
 def _reports() -> set[Path]:
-    return set((ROOT / ".build" / "reports").glob("rollout-*.json"))
+    return set(LAB.report_dir.glob("rollout-*.json"))
 
 
 def _actions(log: str) -> list[str]:

@@ -36,7 +36,7 @@ from fleetops import (
     serving_versions,
     wait_until_serving,
 )
-from labtools import LAB_INVENTORY, MODEL, ROOT, run_playbook
+from labtools import LAB, LAB_INVENTORY, MODEL, run_playbook
 
 ALL_HOSTS = ["edge-1", "edge-2", "edge-3", "edge-4"]
 
@@ -132,7 +132,7 @@ def test_check_run_predicts_the_rollout_and_changes_nothing(fleet, fleet_on, nex
     bundle = f"/var/lib/edgeml/bundles/{MODEL}/3.0.0"
     states = {host: host_state(host) for host in ALL_HOSTS}
     bundles = {host: path_exists_on(host, bundle) for host in ALL_HOSTS}
-    reports = sorted((ROOT / ".build" / "reports").glob("rollout-*"))
+    reports = sorted(LAB.report_dir.glob("rollout-*"))
     inventory = ["-i", str(LAB_INVENTORY)]
     run_playbook("pause_rollouts.yml", *inventory, "-e", json.dumps({"rollout_pause_reason": "held for a check run"}))
     try:
@@ -149,7 +149,7 @@ def test_check_run_predicts_the_rollout_and_changes_nothing(fleet, fleet_on, nex
         assert serving_versions(fleet) == everyone("1.0.0")
         assert {host: host_state(host) for host in ALL_HOSTS} == states
         assert {host: path_exists_on(host, bundle) for host in ALL_HOSTS} == bundles
-        assert sorted((ROOT / ".build" / "reports").glob("rollout-*")) == reports
+        assert sorted(LAB.report_dir.glob("rollout-*")) == reports
         assert_every_answer_right(traffic)
     finally:
         run_playbook("pause_rollouts.yml", *inventory, "-e", "rollout_resume=true")
@@ -169,7 +169,7 @@ def test_good_version_reaches_every_ring_without_a_failed_request(fleet, fleet_o
     assert {row["old_version"] for row in summary["hosts"]} == {"1.0.0"}
     assert all(gate["passed"] for row in summary["hosts"] for gate in row["gates"])
     assert {gate["name"] for gate in summary["hosts"][0]["gates"]} >= {"readiness", "smoke", "latency", "error_rate"}
-    html = sorted((ROOT / ".build" / "reports").glob("rollout-*.html"))[-1].read_text()
+    html = sorted(LAB.report_dir.glob("rollout-*.html"))[-1].read_text()
     assert "edge-4" in html and "Completed" in html
     assert_every_answer_right(traffic)
     # The example bundles carry a reference profile: the server in the image verified it and
@@ -223,6 +223,8 @@ def test_manual_rollback_of_one_host_and_of_the_fleet(fleet, fleet_on, load):
     with load(rolling_out="1.0.0") as traffic:
         one = run_playbook(
             "rollback.yml",
+            "-i",
+            str(LAB_INVENTORY),
             "-e",
             json.dumps({**settings, "rollback_to": "1.0.0", "rollback_hosts": "edge-2"}),
             check=False,
@@ -241,7 +243,7 @@ def test_manual_rollback_of_one_host_and_of_the_fleet(fleet, fleet_on, load):
                 if entry["outcome"] == "deployed" and (entry["version"], entry["image_id"]) != serving
             )
         traffic.allow(*serving_versions(fleet).values(), *expected.values())
-        everything = run_playbook("rollback.yml", "-e", json.dumps(settings), check=False)
+        everything = run_playbook("rollback.yml", "-i", str(LAB_INVENTORY), "-e", json.dumps(settings), check=False)
     assert everything["returncode"] == 0
     assert serving_versions(fleet) == expected
     assert expected["edge-2"] == "3.0.0"

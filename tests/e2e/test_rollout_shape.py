@@ -22,7 +22,7 @@ from fleetops import (
     start_host,
     stop_host,
 )
-from labtools import LAB_INVENTORY, podman, run_playbook
+from labtools import LAB, LAB_INVENTORY, podman, run_playbook
 
 ALL_HOSTS = ["edge-1", "edge-2", "edge-3", "edge-4"]
 STATE_DIR = "/var/lib/edgeml/state"
@@ -48,7 +48,7 @@ def test_eight_rings_run_in_order_and_a_failure_in_the_last_rolls_back_every_rin
         )
     )
     settings = {**DEPLOY_SETTINGS, "model_version": "3.0.0"}
-    podman("exec", "edgeml-lab-edge-4", "mount", "--bind", "-o", "ro", STATE_DIR, STATE_DIR)
+    podman("exec", LAB.container("edge-4"), "mount", "--bind", "-o", "ro", STATE_DIR, STATE_DIR)
     try:
         with load(rolling_out="3.0.0") as traffic:
             report = run_playbook(
@@ -62,7 +62,7 @@ def test_eight_rings_run_in_order_and_a_failure_in_the_last_rolls_back_every_rin
                 check=False,
             )
     finally:
-        podman("exec", "edgeml-lab-edge-4", "umount", STATE_DIR)
+        podman("exec", LAB.container("edge-4"), "umount", STATE_DIR)
     assert report["returncode"] != 0
     summary = latest_report()
     assert [batch["ring"] for batch in summary["batches"]] == ["ring2", "ring4", "ring6", "ring8"]
@@ -143,20 +143,20 @@ def test_a_host_that_hangs_mid_deployment_ends_at_the_batch_deadline(fleet, flee
                     break
                 time.sleep(0.1)
             traffic.pause("edge-2")
-            podman("pause", "edgeml-lab-edge-2")
+            podman("pause", LAB.container("edge-2"))
             frozen, frozen_at = True, time.monotonic()
             rollout.wait(timeout=timeout + 240)
             ended_after = time.monotonic() - frozen_at
         finally:
             if frozen:
-                podman("unpause", "edgeml-lab-edge-2")
+                podman("unpause", LAB.container("edge-2"))
             if rollout.poll() is None:
                 rollout.kill()
         # The frozen deployment ends on its own once the host runs again: wait for it.
         settle = time.monotonic() + 300
-        while time.monotonic() < settle and _deployment_running(fleet["edge-2"], "edgeml-lab-edge-2"):
+        while time.monotonic() < settle and _deployment_running(fleet["edge-2"], LAB.container("edge-2")):
             time.sleep(1)
-        assert not _deployment_running(fleet["edge-2"], "edgeml-lab-edge-2"), "the thawed deployment did not end"
+        assert not _deployment_running(fleet["edge-2"], LAB.container("edge-2")), "the thawed deployment did not end"
         traffic.allow("1.0.0", "3.0.0")
         traffic.resume("edge-2")
     assert rollout.returncode != 0

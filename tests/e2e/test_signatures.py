@@ -31,7 +31,7 @@ from fleetops import (
     path_exists_on,
     serving_versions,
 )
-from labtools import MODEL, podman, run_playbook
+from labtools import LAB, LAB_INVENTORY, MODEL, podman, run_playbook
 from model_signing import hashing, signing
 
 HOST = "edge-1"
@@ -116,7 +116,7 @@ def test_a_bundle_changed_on_the_host_after_delivery_is_refused_at_load(fleet, f
     fleet_on("1.0.0")
     fleet_on("3.0.0")
     bundle = f"/var/lib/edgeml/bundles/{MODEL}/1.0.0/model.json"
-    container = f"edgeml-lab-{HOST}"
+    container = LAB.container(HOST)
     original = podman("exec", container, "cat", bundle)
     manifest = json.loads(original)
     manifest["smoke_tests"]["vectors"][0]["inputs"][0]["data"][0] = 16.0
@@ -128,7 +128,7 @@ def test_a_bundle_changed_on_the_host_after_delivery_is_refused_at_load(fleet, f
     try:
         with load() as traffic:  # the changed 1.0.0 must never answer; 3.0.0 keeps serving
             report = run_playbook(
-                "rollback.yml", "-e", json.dumps(settings), check=False
+                "rollback.yml", "-i", str(LAB_INVENTORY), "-e", json.dumps(settings), check=False
             )
     finally:
         _write_on_host(container, bundle, original)
@@ -149,7 +149,7 @@ def test_a_host_copy_holding_more_than_the_bundle_is_made_exactly_the_bundle(fle
     Runs after the scenario above, which leaves the fleet on 3.0.0 and edge-1 holding 1.0.0."""
     fleet_on("3.0.0")
     bundle = f"/var/lib/edgeml/bundles/{MODEL}/1.0.0"
-    container = f"edgeml-lab-{HOST}"
+    container = LAB.container(HOST)
     podman("exec", container, "mkdir", "-p", f"{bundle}/notes")
     _write_on_host(container, f"{bundle}/notes/README", "left by hand")
     _write_on_host(container, f"{bundle}/model.sig.old", "a signature of another build")
@@ -170,7 +170,7 @@ def test_a_host_that_trusts_no_signer_gets_nothing_and_keeps_serving(fleet, flee
     (model_stage's first check; here the server image comes as an OCI archive, which is not
     copied either), says why, and the host keeps serving its version."""
     fleet_on("1.0.0")
-    container = f"edgeml-lab-{HOST}"
+    container = LAB.container(HOST)
     trust_dir, aside, images = "/etc/edgeml/trusted-keys", "/root/trusted-keys.aside", "/var/lib/edgeml/images"
     podman("exec", container, "sh", "-c", f"mkdir -p {aside} && mv {trust_dir}/* {aside}/ && rm -rf {images}")
     try:

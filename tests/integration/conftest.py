@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from labtools import BIN, LAB_INVENTORY
+from labtools import BIN, LAB_INVENTORY, require_lab
 
 
 def pytest_collection_modifyitems(items):
@@ -14,11 +14,10 @@ def pytest_collection_modifyitems(items):
         item.add_marker(pytest.mark.lab)
 
 
+# Like the e2e scenarios, on two pytest-xdist workers, each on its own lab (tests/labtools.py:
+# LAB), a file at a time.
 def pytest_sessionstart(session):
-    if not LAB_INVENTORY.is_file():
-        pytest.exit(
-            f"no lab inventory at {LAB_INVENTORY}: bring the lab up first (make lab-up)", returncode=1
-        )
+    require_lab()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import testinfra
-from labtools import LAB_INVENTORY, podman
+from labtools import LAB, LAB_INVENTORY, podman
 
 testinfra_hosts = [f"ansible://debian?ansible_inventory={LAB_INVENTORY}"]
 
@@ -54,8 +54,8 @@ def test_hosts_have_their_own_ssh_host_keys(lab_hosts):
 @pytest.fixture(scope="module")
 def probe_image_in_registry():
     """Push the lab's base image to the lab registry, as a deploy would push a server image."""
-    podman("push", "--tls-verify=false", "localhost/debian-base:trixie", f"127.0.0.1:5000/{PROBE_IMAGE}")
-    return f"edgeml-lab-registry:5000/{PROBE_IMAGE}"
+    podman("push", "--tls-verify=false", "localhost/debian-base:trixie", f"{LAB.registry}/{PROBE_IMAGE}")
+    return f"{LAB.registry_on_lab_network}/{PROBE_IMAGE}"
 
 
 def test_quadlet_unit_starts_a_container_pulled_from_the_lab_registry(host, probe_image_in_registry):

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 import testinfra
-from labtools import BIN, LAB_INVENTORY, podman
+from labtools import BIN, LAB, LAB_INVENTORY, podman
 
 HOST = "edge-4"
 BUNDLE_ROOT = "/var/lib/edgeml-itest/bundles"
@@ -118,7 +118,7 @@ def test_image_carries_oci_labels_and_a_healthcheck(server_image):
 
 def test_air_gapped_archive_loads_on_a_host_as_the_same_image(server_image):
     """The OCI archive is copied to a host (as to an air-gapped one) and loaded there."""
-    podman("cp", str(server_image["archive"]), "edgeml-lab-edge-3:/tmp/edgeml-model-server.oci.tar")
+    podman("cp", str(server_image["archive"]), f"{LAB.container('edge-3')}:/tmp/edgeml-model-server.oci.tar")
     host = testinfra.get_host(f"ansible://edge-3?ansible_inventory={LAB_INVENTORY}")
     try:
         loaded = host.check_output("podman load -q -i /tmp/edgeml-model-server.oci.tar").split()[-1]
