@@ -21,6 +21,7 @@ from urllib.error import HTTPError, URLError
 
 from ansible.module_utils.urls import open_url
 from ansible_collections.edgeml.fleet.plugins.module_utils._common import EdgeMLError
+from ansible_collections.edgeml.fleet.plugins.module_utils._podman_support import PODMAN_VERSION_ARGS
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -151,7 +152,7 @@ class HostClient:
         if binary is None:
             raise EdgeMLError(
                 f"{args[0]} is not installed on this host.",
-                "model_deployment needs systemd, journalctl and podman with quadlet (podman >= 4.4).",
+                "model_deployment needs systemd, journalctl and podman with quadlet (podman >= 5.0).",
             )
         rc, out, err = self.module.run_command([binary, *args[1:]])
         if check and rc != 0:
@@ -160,6 +161,10 @@ class HostClient:
                 "Check the host's systemd and podman state (journalctl -xe).",
             )
         return rc, out, err
+
+    def podman_version(self) -> str:
+        """The podman client's version as it prints it ("5.4.2")."""
+        return self._run(["podman", *PODMAN_VERSION_ARGS])[1].strip()
 
     def image_inspect(self, ref: str) -> dict[str, t.Any] | None:
         """Id, Digest and RepoDigests of a local image, or None when it is not there."""

@@ -24,6 +24,7 @@ from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_plan import (
     normalize_id,
 )
 from ansible_collections.edgeml.fleet.plugins.module_utils._deploy_state import StateStore
+from ansible_collections.edgeml.fleet.plugins.module_utils._podman_support import require_unit_podman
 
 
 class Verifier:
@@ -33,8 +34,9 @@ class Verifier:
         self.store = store
 
     def verify(self, state: dict[str, t.Any]) -> Target:
-        """Check the bundle and the image before anything running is touched."""
+        """Check podman, the bundle and the image before anything running is touched."""
         req = self.req
+        require_unit_podman(self.host.podman_version(), Refused)
         reason = None
         if req.rollback:
             entry = self.store.resolve_rollback(state)

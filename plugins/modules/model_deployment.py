@@ -51,6 +51,9 @@ description:
     between the switch and its record) rewrites the state file and reports a change.
   - Needs only the Python standard library on the host (HTTP with C(ansible.module_utils.urls)),
     plus C(systemctl), C(journalctl) and C(podman). Runs as root.
+  - Needs podman 5.0 or later on the host, for quadlet's C(Notify=healthy) and startup health check
+    (quadlet before 4.5 writes no unit from the slot's file, 4.5 to 4.9 ignore C(Notify=healthy)). On an
+    older podman it refuses before anything changes (outcome C(refused)), in check mode as well.
 author:
   - edgeml.fleet maintainers (@edgeml)
 extends_documentation_fragment:

@@ -145,8 +145,13 @@ class FakeHost:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         self.calls: list[str] = []
+        self.podman = "5.4.2"  # what `podman version --format {{.Client.Version}}` prints
 
     # --- the HostClient interface -------------------------------------------------------
+    def podman_version(self) -> str:
+        self.calls.append("podman version")
+        return self.podman
+
     def image_inspect(self, ref: str) -> dict[str, t.Any] | None:
         self.calls.append(f"podman image inspect {ref}")
         return self.images.get(ref)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -131,7 +132,7 @@ def test_first_deploy_unchanged_swap_failed_swap_and_rollback(env):
     plan, outcome, _unused1 = env.deploy(version="1")
     assert plan.kind == "unchanged" and outcome is None
     assert state_file.stat().st_mtime_ns == stamp
-    assert not [c for c in env.host.calls[calls:] if not c.startswith("podman image inspect")]
+    assert not [c for c in env.host.calls[calls:] if not c.startswith(("podman version", "podman image inspect"))]
 
     # Only the model changes: swapped in place on the running blue slot (same process).
     pid = env.host.procs["edgeml-digits-blue.service"].pid
@@ -255,6 +256,32 @@ def test_refused_before_anything_changes(env, change, words):
     assert fx.models.tree(env.root) == before
     assert env.units() == [] and not env.state_dir.exists()
     assert not [c for c in env.host.calls if c.startswith("systemctl")]
+
+
+@pytest.mark.parametrize(
+    "podman, words",
+    [
+        ("4.4.1", "podman 4.4.1, whose quadlet writes no unit"),  # RHEL 9.2
+        ("4.9.4-rhel", "podman 4.9.4-rhel, which starts the service before its health check passed"),  # RHEL 9.4
+        ("", "a podman whose version reads ''"),
+    ],
+)
+def test_a_host_whose_podman_cannot_run_the_units_is_refused_and_keeps_serving(env, podman, words):
+    env.deploy(version="1")
+    units = {name: (env.unit_dir / name).read_text() for name in env.units()}
+    state = (env.state_dir / "digits.json").read_text()
+    calls = len(env.host.calls)
+    env.host.podman = podman
+    for request in ({"version": "2"}, {"version": "1", "image": fx.IMAGE2}, {"version": None, "rollback": "1"}):
+        with pytest.raises(Refused, match=re.escape(words)) as refused:
+            env.deploy(**request)
+        assert "need podman 5.0 or later" in refused.value.msg and "Update podman on the host" in refused.value.hint
+    assert {name: (env.unit_dir / name).read_text() for name in env.units()} == units
+    assert (env.state_dir / "digits.json").read_text() == state
+    assert env.public_version() == "1" and env.pointer() == "1\n"
+    assert not [c for c in env.host.calls[calls:] if c.startswith("systemctl")]
+    env.host.podman = "5.0.0"  # the first that can: the same request goes through
+    assert env.deploy(version="2")[1].outcome == "deployed" and env.public_version() == "2"
 
 
 def test_image_digest_accepts_repo_digest_and_id(env):
