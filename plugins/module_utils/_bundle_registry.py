@@ -28,12 +28,14 @@ the sha256 the controller verified (``model_bundle_verify``'s ``files``).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import os
 import pathlib
 import re
 import shutil
+import ssl
 import tarfile
 import tempfile
 import typing as t
@@ -60,6 +62,8 @@ LAYER_STREAM_MODES = {
 CHUNK = 1024 * 1024
 # Pushes to several registries (sites) at once, at most this many.
 PUSH_WORKERS = 4
+# Where podman looks for a registry's TLS files (containers-certs.d(5)), in order.
+CERTS_DIRS = ("~/.config/containers/certs.d", "/etc/containers/certs.d", "/etc/docker/certs.d")
 # Where podman and skopeo look for registry credentials (containers-auth.json(5)), in order.
 AUTH_FILES = (
     "${REGISTRY_AUTH_FILE}",
@@ -71,6 +75,35 @@ AUTH_FILES = (
 
 
 # --- client ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryTLS:
+    """A registry's TLS files as podman reads them (registry_tls): its certs.d directory, the CA
+    certificates in it, and the first client certificate and key."""
+
+    directory: str | None
+    ca_files: tuple[str, ...] = ()
+    client: tuple[str, str] | None = None
+
+    def open_url_arguments(self, work_dir: str) -> dict[str, t.Any]:
+        """ca_path, client_cert and client_key for ``open_url``. Its ca_path replaces the system's
+        CAs while podman adds the directory's to them: with CA files, ca_path is one file made in
+        WORK_DIR of the system's and the directory's."""
+        arguments: dict[str, t.Any] = {}
+        if self.client is not None:
+            arguments["client_cert"], arguments["client_key"] = self.client
+        if self.ca_files:
+            bundle = os.path.join(work_dir, hashlib.sha256(repr(self.ca_files).encode()).hexdigest() + ".pem")
+            if not os.path.exists(bundle):
+                system = ssl.get_default_verify_paths().cafile
+                with open(bundle + ".part", "wb") as out:
+                    for path in ((system,) if system and os.path.isfile(system) else ()) + self.ca_files:
+                        with open(path, "rb") as source:
+                            out.write(source.read().rstrip(b"\n") + b"\n")
+                os.replace(bundle + ".part", bundle)
+            arguments["ca_path"] = bundle
+        return arguments
 
 
 class PodmanClient:
@@ -105,6 +138,18 @@ class RegistryClient:
         self.tls_verify = tls_verify
         self.timeout = timeout
         self.authorization: dict[str, str] = {}  # registry -> Authorization header
+        self._tls: dict[str, dict[str, t.Any]] = {}  # registry -> open_url's TLS arguments
+        self._work: tempfile.TemporaryDirectory[str] | None = None  # CA bundles made for open_url
+
+    def tls(self, registry: str) -> dict[str, t.Any]:
+        """open_url's TLS arguments for REGISTRY (its certs.d files, as podman reads them)."""
+        if not self.tls_verify:
+            return {}
+        if registry not in self._tls:
+            if self._work is None:
+                self._work = tempfile.TemporaryDirectory(prefix="edgeml-registry-tls-")
+            self._tls[registry] = registry_tls(registry).open_url_arguments(self._work.name)
+        return self._tls[registry]
 
     def get(self, registry: str, path: str, headers: dict[str, str] | None = None) -> t.Any:
         """GET https://REGISTRY/v2/PATH (http when tls_verify is false): the open response."""
@@ -157,10 +202,10 @@ class RegistryClient:
                 data=data,
                 headers=sent,
                 validate_certs=self.tls_verify,
-                ca_path=registry_ca(registry) if self.tls_verify else None,
                 timeout=self.timeout,
                 decompress=False,
                 use_netrc=False,
+                **self.tls(registry),
             )
         finally:
             if isinstance(body, pathlib.Path):
@@ -183,12 +228,14 @@ class RegistryClient:
             scope = params.get("scope") or f"repository:{repository}:{actions}"
             query = {"service": params.get("service", ""), "scope": scope}
             headers = {"Authorization": f"Basic {credentials}"} if credentials else {}
+            # With the registry's TLS files, as podman asks its token server.
             answer = open_url(
                 f"{params.get('realm', '')}?{urlencode(query)}",
                 headers=headers,
                 validate_certs=self.tls_verify,
                 timeout=self.timeout,
                 use_netrc=False,
+                **self.tls(registry),
             )
             token = json.loads(answer.read())
             return f"Bearer {token.get('token') or token.get('access_token')}"
@@ -307,10 +354,50 @@ class RegistryClient:
         )
 
 
-def registry_ca(registry: str) -> str | None:
-    """The CA certificate podman trusts for REGISTRY (/etc/containers/certs.d), if any."""
-    path = os.path.join("/etc/containers/certs.d", registry, "ca.crt")
-    return path if os.path.isfile(path) else None
+def registry_certs_dir(registry: str) -> str | None:
+    """The directory of REGISTRY's TLS files that podman reads (containers-certs.d(5)): the
+    first of CERTS_DIRS that has one named after it, and only that one; or None."""
+    for base in CERTS_DIRS:
+        directory = os.path.join(os.path.expanduser(base), registry)
+        if os.path.isdir(directory):
+            return directory
+    return None
+
+
+def registry_tls(registry: str) -> RegistryTLS:
+    """What podman would present to REGISTRY and trust from it, from its certs.d directory:
+    every ``*.crt`` a CA certificate (beside the system's), a ``NAME.cert`` with its
+    ``NAME.key`` a client certificate. A certificate without its key, or a key without its
+    certificate, is an error, as it is to podman."""
+    directory = registry_certs_dir(registry)
+    if directory is None:
+        return RegistryTLS(directory=None)
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as error:
+        raise EdgeMLError(
+            f"The TLS directory of the registry {registry} ({directory}) cannot be read: {error.strerror}.",
+            "Let this user read it (podman reads it too), or remove it.",
+        ) from None
+    for name in names:
+        base, ext = os.path.splitext(name)
+        partner = {".cert": base + ".key", ".key": base + ".cert"}.get(ext)
+        if partner is not None and partner not in names:
+            raise EdgeMLError(
+                f"{os.path.join(directory, name)} has no {partner} beside it: podman refuses this directory too.",
+                "Put a client certificate (NAME.cert) and its key (NAME.key) side by side; "
+                "a CA certificate is named NAME.crt.",
+            )
+    pairs = [
+        (os.path.join(directory, name), os.path.join(directory, name[: -len(".cert")] + ".key"))
+        for name in names
+        if name.endswith(".cert")
+    ]
+    return RegistryTLS(
+        directory=directory,
+        ca_files=tuple(os.path.join(directory, name) for name in names if name.endswith(".crt")),
+        client=pairs[0] if pairs else None,
+    )
 
 
 def registry_credentials(registry: str) -> str | None:
@@ -463,10 +550,10 @@ def push_everywhere(
             registry_client.put_manifest(registry, repository, tag, manifest, OCI_MANIFEST)
 
         # Ansible's open_url installs its opener for the whole process before it opens: pushes
-        # in threads could use each other's CA. Registries with CA files of their own
-        # (/etc/containers/certs.d) are pushed to one at a time.
-        cas = {registry_ca(registry) for registry, _repository, _tag in targets}
-        workers = 1 if registry_client.tls_verify and len(cas) > 1 else min(PUSH_WORKERS, len(targets))
+        # in threads could use each other's CA or client certificate. Registries with TLS files
+        # of their own (certs.d) are pushed to one at a time.
+        tls = {registry_tls(registry) for registry, _repository, _tag in targets}
+        workers = 1 if registry_client.tls_verify and len(tls) > 1 else min(PUSH_WORKERS, len(targets))
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             pushes = [pool.submit(push, *target) for target in targets]
     failures = [push.exception() for push in pushes if push.exception() is not None]

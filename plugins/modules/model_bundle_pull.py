@@ -21,8 +21,12 @@ description:
     O(files) is the directory moved into place (files C(0644), directories C(0755)).
   - A mismatch fails with what differs, and leaves O(dest) as it was.
   - Credentials, when the registry asks for them, are those C(podman login) stored for it
-    (C(containers-auth.json), Basic or token authentication); a CA certificate for it is read
-    from C(/etc/containers/certs.d/REGISTRY/ca.crt), as podman does.
+    (C(containers-auth.json), Basic or token authentication). Its TLS files are those podman reads
+    (C(containers-certs.d)), from the first of C(~/.config/containers/certs.d/REGISTRY),
+    C(/etc/containers/certs.d/REGISTRY) and C(/etc/docker/certs.d/REGISTRY) that exists. Every
+    C(*.crt) in it is a CA certificate trusted beside the system's, a C(NAME.cert) with its C(NAME.key) a client
+    certificate (the first pair, by name). A certificate without its key, or a key without its
+    certificate, fails, as it does for podman.
 author:
   - edgeml.fleet maintainers (@edgeml)
 requirements:

@@ -43,6 +43,8 @@ def test_packages(edge, package):
     [
         ("/etc/containers/registries.conf.d/50-edgeml.conf", "root", "root", 0o644),
         ("/etc/containers/certs.d/registry.example.internal:5000/ca.crt", "root", "root", 0o644),
+        ("/etc/containers/certs.d/mtls.example.internal:5000/client.cert", "root", "root", 0o644),
+        ("/etc/containers/certs.d/mtls.example.internal:5000/client.key", "root", "root", 0o600),
         ("/etc/containers/auth.json", "root", "root", 0o600),
         ("/etc/nftables.d/50-edgeml.nft", "root", "root", 0o644),
         ("/etc/systemd/journald.conf.d/50-edgeml.conf", "root", "root", 0o644),

@@ -208,52 +208,62 @@ def write_key(directory: t.Any, name: str, password: bytes | None = None) -> tup
     return private, public, key
 
 
-def write_certificates(directory: t.Any) -> dict[str, t.Any]:
-    """Two CAs (fleet-ca.crt, other-ca.crt) and a code-signing leaf certificate issued by
-    fleet-ca (signer.crt, its key signer.pem): the paths, by name."""
+def issue_certificate(subject: str, key: t.Any, issuer: tuple[t.Any, t.Any] | None, extensions: list[t.Any]) -> t.Any:
+    """An X.509 certificate for SUBJECT (a common name) and KEY, valid from 5 minutes ago for a
+    day, signed by ISSUER (its certificate and key), or by KEY itself when ISSUER is None (a root
+    CA), with EXTENSIONS (BasicConstraints critical, the others not)."""
     import datetime  # noqa: PLC0415
 
     from cryptography import x509  # noqa: PLC0415
-    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer[0].subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    for extension in extensions:
+        critical = isinstance(extension, (x509.BasicConstraints, x509.KeyUsage))
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+
+def write_certificates(directory: t.Any) -> dict[str, t.Any]:
+    """Two CAs (fleet-ca.crt, other-ca.crt) and a code-signing leaf certificate issued by
+    fleet-ca (signer.crt, its key signer.pem): the paths, by name."""
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+    from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: PLC0415
 
-    def certificate(subject: str, key: t.Any, issuer_name: t.Any, issuer_key: t.Any, ca: bool) -> t.Any:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(issuer_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if ca:
-            builder = builder.add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-            )
-        else:
-            builder = builder.add_extension(
-                x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
-            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
+    ca_extensions = [
+        x509.BasicConstraints(ca=True, path_length=None),
+        x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+    ]
     pem = serialization.Encoding.PEM
     paths: dict[str, t.Any] = {}
     authorities = {}
     for name in ("fleet-ca", "other-ca"):
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        authorities[name] = (key, certificate(name, key, subject, key, ca=True))
+        authorities[name] = (issue_certificate(name, key, None, ca_extensions), key)
         paths[name] = directory / f"{name}.crt"
-        paths[name].write_bytes(authorities[name][1].public_bytes(pem))
+        paths[name].write_bytes(authorities[name][0].public_bytes(pem))
     private, public, key = write_key(directory, "signer")
-    ca_key, ca_certificate = authorities["fleet-ca"]
+    leaf_extensions = [
+        x509.BasicConstraints(ca=False, path_length=None),
+        x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]),
+    ]
     paths["signer"] = directory / "signer.crt"
     paths["signer"].write_bytes(
-        certificate("release-signer", key, ca_certificate.subject, ca_key, ca=False).public_bytes(pem)
+        issue_certificate("release-signer", key, authorities["fleet-ca"], leaf_extensions).public_bytes(pem)
     )
     paths["signer_key"], paths["signer_public_key"] = private, public
     return paths

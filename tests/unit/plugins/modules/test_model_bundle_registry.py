@@ -13,6 +13,8 @@ import hashlib
 import http.server
 import io
 import json
+import shutil
+import ssl
 import tarfile
 import threading
 import urllib.parse
@@ -134,10 +136,14 @@ class OCIRegistry:
     hash to its digest; a manifest PUT under a tag, refused unless the registry holds every
     blob it names and its Content-Type is its mediaType (as the reference registry does).
     TOKEN, when set: a Bearer token from /token, for the scope asked there (a challenge names
-    none); POST and PUT need one whose scope has push."""
+    none); POST and PUT need one whose scope has push. TLS, when set: HTTPS with that context."""
 
     def __init__(
-        self, blobs: dict[str, bytes] | None = None, token: str | None = None, relative: bool = False
+        self,
+        blobs: dict[str, bytes] | None = None,
+        token: str | None = None,
+        relative: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.blobs = dict(blobs or {})
         self.tags: dict[str, str] = {}  # REPOSITORY:TAG -> manifest digest
@@ -229,6 +235,8 @@ class OCIRegistry:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:  # HTTPS (TLS: a server-side context, which may require client certificates)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -289,7 +297,7 @@ def bundle_image(bundle, podman, tmp_path):
 
 def pull(capsys, served: OCIRegistry, digest: str, dest: Path, files: dict, **extra) -> dict:
     ref = f"{served.address}/edgeml-bundles/digits@{digest}"
-    args = dict(ref=ref, dest=str(dest), files=files, tls_verify=False, **extra)
+    args = {"ref": ref, "dest": str(dest), "files": files, "tls_verify": False, **extra}
     return models.run_module(model_bundle_pull.main, args, capsys)
 
 
@@ -318,6 +326,84 @@ def test_pull_with_a_token_the_registry_hands_out(bundle_image, tmp_path, capsys
     assert not result.get("failed") and result["changed"] is True, result
     assert any(path.startswith("/token?") and "scope=repository%3Aedgeml-bundles%2Fdigits%3Apull" in path
                for path in served.requests), served.requests
+
+
+def write_tls_pki(directory: Path) -> dict[str, Path]:
+    """A CA (site-ca.crt), a server certificate for 127.0.0.1 (server.crt, server.key) and a
+    client certificate (fleet.cert, fleet.key), both issued by that CA: the paths, by name."""
+    import ipaddress  # noqa: PLC0415
+
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: PLC0415
+
+    directory.mkdir(parents=True)
+    pem = serialization.Encoding.PEM
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_certificate = models.issue_certificate(
+        "site registry CA", ca_key, None, [x509.BasicConstraints(ca=True, path_length=None)]
+    )
+    ca = (ca_certificate, ca_key)
+    paths = {"ca": directory / "site-ca.crt"}
+    paths["ca"].write_bytes(ca_certificate.public_bytes(pem))
+    leaves = {
+        "server.crt": [
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+        ],
+        "fleet.cert": [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])],
+    }
+    for filename, extensions in leaves.items():
+        name = filename.split(".")[0]
+        key = ec.generate_private_key(ec.SECP256R1())
+        leaf = models.issue_certificate(name, key, ca, [x509.BasicConstraints(ca=False, path_length=None), *extensions])
+        paths[name] = directory / filename
+        paths[name].write_bytes(leaf.public_bytes(pem))
+        paths[f"{name}_key"] = directory / f"{name}.key"
+        paths[f"{name}_key"].write_bytes(
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+    return paths
+
+
+def test_pull_over_tls_with_the_ca_files_and_client_certificate_podman_would_use(
+    bundle_image, tmp_path, capsys, monkeypatch
+):
+    """A registry on 127.0.0.1 over real TLS, with a certificate from a private CA, that
+    requires a client certificate: the pull trusts and presents what podman would, from the
+    registry's certs.d directory (the user's ~/.config/containers/certs.d here): a CA file of
+    any NAME.crt, a client certificate NAME.cert with its NAME.key."""
+    files, saved = bundle_image
+    digest, blobs = saved[False]
+    pki = write_tls_pki(tmp_path / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki["server"], pki["server_key"])
+    context.load_verify_locations(pki["ca"])
+    context.verify_mode = ssl.CERT_REQUIRED
+    served = OCIRegistry(blobs, tls=context)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    certs = tmp_path / "home" / ".config" / "containers" / "certs.d" / served.address
+    certs.mkdir(parents=True)
+    dest = tmp_path / "host" / "digits" / "1.0.0"
+
+    # Nothing in certs.d: the registry's certificate is not trusted.
+    refused = pull(capsys, served, digest, dest, files, tls_verify=True)
+    assert refused.get("failed") and "CERTIFICATE_VERIFY_FAILED" in refused["msg"], refused
+    # The CA (not named ca.crt): trusted, but the registry wants a client certificate.
+    shutil.copy(pki["ca"], certs / "site-ca.crt")
+    refused = pull(capsys, served, digest, dest, files, tls_verify=True)
+    assert refused.get("failed") and f"The registry {served.address} did not answer" in refused["msg"], refused
+    assert not dest.exists() and not served.requests, "a request got through without a client certificate"
+    # A key without its certificate: refused as podman refuses it, before any request.
+    shutil.copy(pki["fleet_key"], certs / "fleet.key")
+    refused = pull(capsys, served, digest, dest, files, tls_verify=True)
+    assert refused.get("failed") and f"{certs / 'fleet.key'} has no fleet.cert beside it" in refused["msg"], refused
+    # The pair: pulled, over TLS, with the client certificate.
+    shutil.copy(pki["fleet"], certs / "fleet.cert")
+    result = pull(capsys, served, digest, dest, files, tls_verify=True)
+    assert not result.get("failed") and result["changed"] is True, result
+    assert bundle_files(str(dest), {}) == files and served.requests
 
 
 def refused_and_untouched(result: dict, dest: Path, before: dict, message: str) -> None:

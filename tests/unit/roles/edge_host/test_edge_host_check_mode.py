@@ -52,6 +52,13 @@ def check_run(tmp_path_factory):
             "edge_host_registry_auths": [
                 {"registry": "registry.example.internal:5000", "username": "fleet", "password": "check-mode-secret-42"},
             ],
+            "edge_host_registry_client_certs": [
+                {
+                    "registry": "mtls.example.internal:5000",
+                    "cert": "-----BEGIN CERTIFICATE-----\nY2xpZW50\n-----END CERTIFICATE-----",
+                    "key": "-----BEGIN PRIVATE KEY-----\ncheck-mode-key-secret-43\n-----END PRIVATE KEY-----",
+                },
+            ],
             "edge_host_data_dir": str(root / "var/lib/edgeml"),
         }
     inventory = tmp / "inventory.yml"
@@ -140,6 +147,12 @@ def test_chrony_diff_adds_confdir(run):
     assert "confdir /etc/chrony.d" in diff["after"]
 
 
-def test_no_secret_in_output(check_run):
+def test_no_secret_in_output(check_run, run):
     result, _unused5, _unused4 = check_run
     assert "check-mode-secret-42" not in result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    where = out.find("check-mode-key-secret-43")
+    assert where < 0, out[max(0, where - 1500) : where + 200]
+    # The key's task ran (a change predicted on every host), so its silence is no_log's.
+    keys = _tasks(run)["Install the keys of those client certificates"]
+    assert set(keys) == {"rhel9", "rhel-edge", "fedora"} and all(keys[host]["changed"] for host in keys)
