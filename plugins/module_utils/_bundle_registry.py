@@ -465,7 +465,12 @@ def build_bundle_image(podman: PodmanClient, path: str, files: dict[str, str], t
         containerfile = os.path.join(context, "Containerfile")
         with open(containerfile, "w", encoding="utf-8") as handle:
             handle.write(CONTAINERFILE)
-        podman.run("build", "--quiet", "--timestamp", "0", "--format", "oci", "-t", tag, "-f", containerfile, context)
+        # --layers=false: no look into podman's build cache, whose entry for the same bundle may be
+        # another run's image that its rmi removes meanwhile ("layer not known"); the ID is the same.
+        podman.run(
+            "build", "--quiet", "--layers=false", "--timestamp", "0", "--format", "oci", "-t", tag,
+            "-f", containerfile, context,
+        )
     image = local_image_id(podman, tag)
     if image is None:
         raise EdgeMLError(f"podman built {tag} but cannot find it.", "Check podman's storage on this host.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 from pathlib import Path
@@ -46,13 +47,22 @@ class Podman(PodmanClient):
         return done.returncode, done.stdout, done.stderr
 
 
+# Tests that use podman's storage take turns across xdist workers: the same bundle makes the
+# same image ID in every test, so one test's rmi removed the image another was saving, and
+# podman's build cache pointed at layers being removed ("layer not known").
+PODMAN_LOCK = "/tmp/edgeml-unit-podman.lock"
+
+
 @pytest.fixture
 def podman():
-    """(the real podman's client, a list of images to remove afterwards)."""
+    """(the real podman's client, a list of images to remove afterwards), podman's storage
+    this test's alone until it ends."""
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed: run `make setup`")
-    client = Podman()
-    images: list[str] = []
-    yield client, images
-    for image in images:
-        client.run("rmi", "--force", image, check=False)
+    with open(PODMAN_LOCK, "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = Podman()
+        images: list[str] = []
+        yield client, images
+        for image in images:
+            client.run("rmi", "--force", image, check=False)
