@@ -205,6 +205,17 @@ def playbook_fact(report: dict, name: str):
     raise AssertionError(f"no task set {name}")
 
 
+def lab_fleet() -> dict[str, str]:
+    """Each edge host of LAB and its model URL as the controller reaches it."""
+    listing = json.loads(
+        subprocess.run(
+            [BIN / "ansible-inventory", "-i", LAB_INVENTORY, "--list"], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    hostvars = listing["_meta"]["hostvars"]
+    return {host: hostvars[host]["edgeml_model_url_from_controller"] for host in sorted(listing["debian"]["hosts"])}
+
+
 def serving_versions(fleet: dict[str, str]) -> dict[str, str | None]:
     """What each host serves right now, asked over HTTP (None: nothing answers)."""
     versions = {}

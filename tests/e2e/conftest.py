@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import pytest
 from fleetops import (
     ALL_AT_ONCE,
@@ -16,7 +13,7 @@ from fleetops import (
     outcomes,
     serving_versions,
 )
-from labtools import ARTIFACT_LOCK, BIN, LAB, LAB_INVENTORY, locked, podman, require_lab
+from labtools import ARTIFACT_LOCK, LAB, lab_fleet, locked, podman, require_lab
 
 
 def pytest_collection_modifyitems(items):
@@ -34,13 +31,7 @@ def pytest_sessionstart(session):
 @pytest.fixture(scope="session")
 def fleet() -> dict[str, str]:
     """Each lab host's model URL as the controller reaches it."""
-    listing = json.loads(
-        subprocess.run(
-            [BIN / "ansible-inventory", "-i", LAB_INVENTORY, "--list"], check=True, capture_output=True, text=True
-        ).stdout
-    )
-    hostvars = listing["_meta"]["hostvars"]
-    return {host: hostvars[host]["edgeml_model_url_from_controller"] for host in sorted(listing["debian"]["hosts"])}
+    return lab_fleet()
 
 
 @pytest.fixture(scope="session")

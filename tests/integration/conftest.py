@@ -6,7 +6,8 @@ import json
 import subprocess
 
 import pytest
-from labtools import BIN, LAB_INVENTORY, require_lab
+from e2e.fleetops import ALL_AT_ONCE, deploy, latest_report, outcomes
+from labtools import BIN, LAB_INVENTORY, lab_fleet, require_lab, serving_versions
 
 
 def pytest_collection_modifyitems(items):
@@ -30,3 +31,16 @@ def lab_hosts() -> list[str]:
     )
     inventory = json.loads(listing.stdout)
     return sorted(inventory["debian"]["hosts"])
+
+
+@pytest.fixture
+def fleet_serving(model_bundles, server_image) -> dict[str, str]:
+    """Every lab host's model URL, each host serving a version: when any serves nothing (a lab
+    just made), 3.0.0 is deployed to all at once. The tests that read what the fleet serves
+    must not rely on an earlier test's rollout, which may have run on the other worker's lab."""
+    fleet = lab_fleet()
+    if None in serving_versions(fleet).values():
+        report = deploy("3.0.0", **ALL_AT_ONCE)
+        assert report["returncode"] == 0, outcomes(latest_report())
+    assert None not in serving_versions(fleet).values(), serving_versions(fleet)
+    return fleet

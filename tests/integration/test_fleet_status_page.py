@@ -5,15 +5,9 @@ is what the host answers over HTTP, and it renders in a real headless browser
 from __future__ import annotations
 
 import requests
-import yaml
 from browser import screenshot
 from fleetpage import fleet_page
-from labtools import LAB_INVENTORY, serving_versions
-
-
-def _fleet() -> dict[str, str]:
-    hosts = yaml.safe_load(LAB_INVENTORY.read_text())["all"]["children"]["edge"]["children"]["debian"]["hosts"]
-    return {name: settings["edgeml_model_url_from_controller"] for name, settings in hosts.items()}
+from labtools import serving_versions
 
 
 def _psi(url: str) -> float | None:
@@ -22,9 +16,9 @@ def _psi(url: str) -> float | None:
     return float(samples[0].rsplit(" ", 1)[1]) if samples else None
 
 
-def test_the_fleet_page_shows_what_every_host_serves():
+def test_the_fleet_page_shows_what_every_host_serves(fleet_serving):
     page, rows = fleet_page()
-    fleet = _fleet()
+    fleet = fleet_serving
     versions = serving_versions(fleet)
     for host, version in versions.items():
         assert host in rows, f"{host} has no row"

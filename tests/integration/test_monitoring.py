@@ -69,7 +69,7 @@ def _send(url: str, rows: np.ndarray, batch: int = 10) -> None:
         assert answer.status_code == 200, answer.text
 
 
-def test_monitoring_role_scrapes_the_fleet_and_alerts_on_drift():
+def test_monitoring_role_scrapes_the_fleet_and_alerts_on_drift(fleet_serving):
     args = ["-i", str(LAB_INVENTORY), "-e", json.dumps(FAST)]
     run_playbook("monitoring.yml", *args)
     assert _changed(run_playbook("monitoring.yml", *args)) == 0
