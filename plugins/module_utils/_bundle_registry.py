@@ -79,10 +79,9 @@ AUTH_FILES = (
 
 @dataclasses.dataclass(frozen=True)
 class RegistryTLS:
-    """A registry's TLS files as podman reads them (registry_tls): its certs.d directory, the CA
-    certificates in it, and the first client certificate and key."""
+    """A registry's TLS files as podman reads them (registry_tls): the CA certificates in its
+    certs.d directory, and the first client certificate and key."""
 
-    directory: str | None
     ca_files: tuple[str, ...] = ()
     client: tuple[str, str] | None = None
 
@@ -94,15 +93,12 @@ class RegistryTLS:
         if self.client is not None:
             arguments["client_cert"], arguments["client_key"] = self.client
         if self.ca_files:
-            bundle = os.path.join(work_dir, hashlib.sha256(repr(self.ca_files).encode()).hexdigest() + ".pem")
-            if not os.path.exists(bundle):
-                system = ssl.get_default_verify_paths().cafile
-                with open(bundle + ".part", "wb") as out:
-                    for path in ((system,) if system and os.path.isfile(system) else ()) + self.ca_files:
-                        with open(path, "rb") as source:
-                            out.write(source.read().rstrip(b"\n") + b"\n")
-                os.replace(bundle + ".part", bundle)
-            arguments["ca_path"] = bundle
+            system = ssl.get_default_verify_paths().cafile
+            descriptor, arguments["ca_path"] = tempfile.mkstemp(suffix=".pem", dir=work_dir)
+            with os.fdopen(descriptor, "wb") as out:
+                for path in ((system,) if system and os.path.isfile(system) else ()) + self.ca_files:
+                    with open(path, "rb") as source:
+                        out.write(source.read().rstrip(b"\n") + b"\n")
         return arguments
 
 
@@ -371,7 +367,7 @@ def registry_tls(registry: str) -> RegistryTLS:
     certificate, is an error, as it is to podman."""
     directory = registry_certs_dir(registry)
     if directory is None:
-        return RegistryTLS(directory=None)
+        return RegistryTLS()
     try:
         names = sorted(os.listdir(directory))
     except OSError as error:
@@ -394,7 +390,6 @@ def registry_tls(registry: str) -> RegistryTLS:
         if name.endswith(".cert")
     ]
     return RegistryTLS(
-        directory=directory,
         ca_files=tuple(os.path.join(directory, name) for name in names if name.endswith(".crt")),
         client=pairs[0] if pairs else None,
     )

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import pytest
 from e2e.fleetops import ALL_AT_ONCE, deploy, latest_report, outcomes
-from labtools import BIN, LAB_INVENTORY, lab_fleet, require_lab, serving_versions
+from labtools import lab_fleet, require_lab, serving_versions
 
 
 def pytest_collection_modifyitems(items):
@@ -23,14 +20,7 @@ def pytest_sessionstart(session):
 
 @pytest.fixture(scope="session")
 def lab_hosts() -> list[str]:
-    listing = subprocess.run(
-        [BIN / "ansible-inventory", "-i", LAB_INVENTORY, "--list"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    inventory = json.loads(listing.stdout)
-    return sorted(inventory["debian"]["hosts"])
+    return sorted(lab_fleet())
 
 
 @pytest.fixture
