@@ -211,7 +211,7 @@ def write_key(directory: t.Any, name: str, password: bytes | None = None) -> tup
 def issue_certificate(subject: str, key: t.Any, issuer: tuple[t.Any, t.Any] | None, extensions: list[t.Any]) -> t.Any:
     """An X.509 certificate for SUBJECT (a common name) and KEY, valid from 5 minutes ago for a
     day, signed by ISSUER (its certificate and key), or by KEY itself when ISSUER is None (a root
-    CA), with EXTENSIONS (BasicConstraints critical, the others not)."""
+    CA), with EXTENSIONS (BasicConstraints and KeyUsage critical, the others not)."""
     import datetime  # noqa: PLC0415
 
     from cryptography import x509  # noqa: PLC0415
